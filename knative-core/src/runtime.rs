@@ -1,0 +1,1 @@
+//! Controller runtime (placeholder while building)
