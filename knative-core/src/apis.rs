@@ -190,9 +190,7 @@ mod tests {
 
     #[test]
     fn update_context_gives_back_the_original_of_its_type() {
-        let before = Spec {
-            image: "a".into(),
-        };
+        let before = Spec { image: "a".into() };
         let ctx = Context::update(&before);
         assert!(ctx.is_update());
         assert_eq!(ctx.original::<Spec>(), Some(&before));
@@ -205,11 +203,17 @@ mod tests {
         let ctx = Context::create().with_config(Defaults {
             timeout_seconds: 300,
         });
-        assert_eq!(ctx.config::<Defaults>().map(|d| d.timeout_seconds), Some(300));
+        assert_eq!(
+            ctx.config::<Defaults>().map(|d| d.timeout_seconds),
+            Some(300)
+        );
         assert!(ctx.config::<Spec>().is_none());
         let ctx = ctx.with_config(Defaults {
             timeout_seconds: 600,
         });
-        assert_eq!(ctx.config::<Defaults>().map(|d| d.timeout_seconds), Some(600));
+        assert_eq!(
+            ctx.config::<Defaults>().map(|d| d.timeout_seconds),
+            Some(600)
+        );
     }
 }

@@ -467,7 +467,10 @@ impl ConditionManager<'_> {
                 self.set(happy);
             }
             None if changed != self.set.happy => {
-                self.set(Condition::new(self.set.happy.clone(), ConditionStatus::True));
+                self.set(Condition::new(
+                    self.set.happy.clone(),
+                    ConditionStatus::True,
+                ));
             }
             None => {}
         }
@@ -510,7 +513,9 @@ impl ConditionManager<'_> {
 
 /// Returned by [`ConditionManager::clear`] for a terminal condition.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("condition {0:?} is terminal (the happy condition or one of its dependents) and cannot be cleared")]
+#[error(
+    "condition {0:?} is terminal (the happy condition or one of its dependents) and cannot be cleared"
+)]
 pub struct ClearTerminalCondition(pub String);
 
 #[cfg(test)]

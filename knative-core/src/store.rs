@@ -49,10 +49,12 @@
 
 mod memory;
 
+use std::any::TypeId;
 use std::fmt;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
+use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
 use kube::Resource;
 use kube::core::Selector;
 use serde::Serialize;
@@ -102,6 +104,25 @@ impl<K> ApiObject for K where
         + Sync
         + 'static
 {
+}
+
+/// Whether a kind is namespaced, known from its `Scope` type.
+pub(crate) enum ScopeKind {
+    Namespaced,
+    Cluster,
+    /// Dynamic types: whatever the object says.
+    FromObject,
+}
+
+pub(crate) fn scope_of<K: ApiObject>() -> ScopeKind {
+    let scope = TypeId::of::<K::Scope>();
+    if scope == TypeId::of::<NamespaceResourceScope>() {
+        ScopeKind::Namespaced
+    } else if scope == TypeId::of::<ClusterResourceScope>() {
+        ScopeKind::Cluster
+    } else {
+        ScopeKind::FromObject
+    }
 }
 
 /// Where an object lives: its namespace (none for cluster-scoped kinds) and name.
@@ -287,8 +308,11 @@ pub trait Objects<K: ApiObject>: Send + Sync {
 
     /// The objects in `namespace` (or all) whose labels match `selector`,
     /// sorted by namespace and name.
-    async fn list(&self, namespace: Option<&str>, selector: &Selector)
-    -> Result<Vec<K>, StoreError>;
+    async fn list(
+        &self,
+        namespace: Option<&str>,
+        selector: &Selector,
+    ) -> Result<Vec<K>, StoreError>;
 
     /// Creates `obj` (its `status` is dropped; `generateName` is honoured) and
     /// returns it as stored, with uid, resourceVersion, generation 1 and

@@ -288,9 +288,10 @@ impl FieldError {
     pub fn diagnostics(&self) -> Vec<Diagnostic> {
         let mut merged: Vec<Diagnostic> = Vec::with_capacity(self.diagnostics.len());
         for d in &self.diagnostics {
-            match merged.iter_mut().find(|m| {
-                m.message == d.message && m.details == d.details && m.level == d.level
-            }) {
+            match merged
+                .iter_mut()
+                .find(|m| m.message == d.message && m.details == d.details && m.level == d.level)
+            {
                 Some(m) => m.paths.extend(d.paths.iter().cloned()),
                 None => merged.push(d.clone()),
             }
@@ -393,7 +394,12 @@ mod tests {
     #[test]
     fn same_message_merges_paths_and_output_is_sorted() {
         let err = FieldError::missing_field("spec.b")
-            .also(FieldError::out_of_bounds(101, 0, 100, "spec.traffic[0].percent"))
+            .also(FieldError::out_of_bounds(
+                101,
+                0,
+                100,
+                "spec.traffic[0].percent",
+            ))
             .also(FieldError::missing_field(["spec.a", "spec.b"]));
         assert_eq!(
             err.to_string(),
@@ -403,7 +409,8 @@ mod tests {
 
     #[test]
     fn details_print_on_their_own_line() {
-        let err = FieldError::invalid_value("3x", "spec.timeout").with_details("use a duration like 30s");
+        let err =
+            FieldError::invalid_value("3x", "spec.timeout").with_details("use a duration like 30s");
         assert_eq!(
             err.to_string(),
             "spec.timeout: invalid value: 3x\nuse a duration like 30s"
@@ -433,7 +440,10 @@ mod tests {
         let both = warning.also(FieldError::missing_field("spec.new"));
         assert_eq!(both.filter(Level::Warning).diagnostics().len(), 1);
         assert_eq!(
-            both.into_result().expect_err("has an error").filter(Level::Error).to_string(),
+            both.into_result()
+                .expect_err("has an error")
+                .filter(Level::Error)
+                .to_string(),
             "spec.new: missing field"
         );
     }

@@ -67,8 +67,7 @@ fn name_part_ok(s: &str) -> bool {
     s.len() <= QUALIFIED_NAME_MAX_LEN
         && s.chars().next().is_some_and(alnum)
         && s.chars().last().is_some_and(alnum)
-        && s
-            .chars()
+        && s.chars()
             .all(|c| alnum(c) || c == '-' || c == '_' || c == '.')
 }
 
@@ -81,13 +80,13 @@ pub fn validate_qualified_name(value: &str, path: &str) -> FieldError {
         None => (None, value),
     };
     let mut errs = FieldError::none();
-    if let Some(prefix) = prefix {
-        if prefix.is_empty() || !validate_dns1123_subdomain(prefix, path).is_empty() {
-            errs.push(
-                FieldError::invalid_key_name(value, path)
-                    .with_details("the prefix before '/' must be a DNS subdomain"),
-            );
-        }
+    if let Some(prefix) = prefix
+        && (prefix.is_empty() || !validate_dns1123_subdomain(prefix, path).is_empty())
+    {
+        errs.push(
+            FieldError::invalid_key_name(value, path)
+                .with_details("the prefix before '/' must be a DNS subdomain"),
+        );
     }
     if !name_part_ok(name) {
         errs.push(FieldError::invalid_key_name(value, path).with_details(
@@ -156,17 +155,17 @@ pub fn validate_object_meta(meta: &ObjectMeta) -> FieldError {
             // the start of a subdomain.
             let candidate = format!("{prefix}a");
             if !validate_dns1123_subdomain(&candidate, "generateName").is_empty() {
-                errs.push(FieldError::invalid_value(prefix, "generateName").with_details(
-                    "generateName must be the start of a lowercase RFC 1123 subdomain",
-                ));
+                errs.push(
+                    FieldError::invalid_value(prefix, "generateName").with_details(
+                        "generateName must be the start of a lowercase RFC 1123 subdomain",
+                    ),
+                );
             }
         }
         _ => errs.push(FieldError::missing_one_of(["name", "generateName"])),
     }
-    if let Some(ns) = &meta.namespace {
-        if !ns.is_empty() {
-            errs.push(validate_dns1123_label(ns, "namespace"));
-        }
+    if let Some(ns) = meta.namespace.as_deref().filter(|ns| !ns.is_empty()) {
+        errs.push(validate_dns1123_label(ns, "namespace"));
     }
     if let Some(labels) = &meta.labels {
         errs.push(validate_labels(labels, "labels"));
@@ -219,11 +218,25 @@ mod tests {
             finalizers: Some(vec!["example.com/ok".into(), "not ok".into()]),
             ..ObjectMeta::default()
         };
-        let text = validate_object_meta(&meta).via_field("metadata").to_string();
-        assert!(text.contains("metadata.name: invalid value: Hello"), "{text}");
-        assert!(text.contains("metadata.labels[ok]: invalid value: bad value!"), "{text}");
-        assert!(text.contains("metadata.annotations[bad key]: invalid key name"), "{text}");
-        assert!(text.contains("metadata.finalizers[1]: invalid key name"), "{text}");
+        let text = validate_object_meta(&meta)
+            .via_field("metadata")
+            .to_string();
+        assert!(
+            text.contains("metadata.name: invalid value: Hello"),
+            "{text}"
+        );
+        assert!(
+            text.contains("metadata.labels[ok]: invalid value: bad value!"),
+            "{text}"
+        );
+        assert!(
+            text.contains("metadata.annotations[bad key]: invalid key name"),
+            "{text}"
+        );
+        assert!(
+            text.contains("metadata.finalizers[1]: invalid key name"),
+            "{text}"
+        );
     }
 
     #[test]

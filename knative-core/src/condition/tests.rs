@@ -99,7 +99,11 @@ fn marking_a_dependent_unknown_makes_ready_unknown() {
     let mut m = set.manage_at(&mut conditions, at(1));
     m.mark_true("ConfigurationsReady");
     m.mark_true("RoutesReady");
-    m.mark_unknown("RoutesReady", "TrafficNotMigrated", "Traffic is not yet migrated");
+    m.mark_unknown(
+        "RoutesReady",
+        "TrafficNotMigrated",
+        "Traffic is not yet migrated",
+    );
     let ready = m.happy_condition().cloned().expect("ready is set");
     assert_eq!(ready.status, ConditionStatus::Unknown);
     assert_eq!(ready.reason, "TrafficNotMigrated");
@@ -128,7 +132,11 @@ fn informational_conditions_get_info_severity_and_do_not_affect_ready() {
     let mut m = set.manage_at(&mut conditions, at(1));
     m.mark_true("ResourcesAvailable");
     m.mark_true("ContainerHealthy");
-    m.mark_false("Active", "NoTraffic", "The target is not receiving traffic.");
+    m.mark_false(
+        "Active",
+        "NoTraffic",
+        "The target is not receiving traffic.",
+    );
     assert!(m.is_happy());
     assert_eq!(
         m.get("Active").map(|c| c.severity),
@@ -189,9 +197,17 @@ fn batch_set_tracks_succeeded_and_done() {
     let mut m = set.manage_at(&mut conditions, at(1));
     m.initialize();
     assert!(!m.is_done());
-    m.mark_unknown("Succeeded", "Running", "Not all Steps in the Task have finished executing");
+    m.mark_unknown(
+        "Succeeded",
+        "Running",
+        "Not all Steps in the Task have finished executing",
+    );
     assert!(!m.is_done());
-    m.mark_true_with_reason("Succeeded", "Succeeded", "All Steps have completed executing");
+    m.mark_true_with_reason(
+        "Succeeded",
+        "Succeeded",
+        "All Steps have completed executing",
+    );
     assert!(m.is_done());
     assert!(m.is_happy());
     let c = m.happy_condition().cloned().expect("set");
@@ -215,7 +231,10 @@ fn condition_yaml_round_trips_with_upstream_field_names() {
     assert_eq!(conditions[1].severity, ConditionSeverity::Info);
     let json = serde_json::to_value(&conditions).expect("serializes");
     assert_eq!(json[0]["lastTransitionTime"], "2024-05-01T10:00:00Z");
-    assert!(json[0].get("severity").is_none(), "error severity is omitted");
+    assert!(
+        json[0].get("severity").is_none(),
+        "error severity is omitted"
+    );
     assert_eq!(json[1]["severity"], "Info");
     let back: Vec<Condition> = serde_json::from_value(json).expect("parses back");
     assert_eq!(back, conditions);
@@ -223,8 +242,9 @@ fn condition_yaml_round_trips_with_upstream_field_names() {
 
 #[test]
 fn unknown_severity_is_rejected_with_the_value() {
-    let err = serde_json::from_str::<Condition>(r#"{"type":"Ready","status":"True","severity":"Fatal"}"#)
-        .expect_err("invalid");
+    let err =
+        serde_json::from_str::<Condition>(r#"{"type":"Ready","status":"True","severity":"Fatal"}"#)
+            .expect_err("invalid");
     assert!(err.to_string().contains("Fatal"), "{err}");
 }
 

@@ -15,13 +15,14 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
 use kube::core::{Selector, SelectorExt};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use super::{ApiObject, Deletion, ObjectKey, Objects, StoreError, Watch, WatchEvent};
+use super::{
+    ApiObject, Deletion, ObjectKey, Objects, ScopeKind, StoreError, Watch, WatchEvent, scope_of,
+};
 use crate::apis::FieldError;
 use crate::apis::names::validate_object_meta;
 
@@ -194,24 +195,6 @@ struct Table<K> {
     watchers: Vec<Watcher<K>>,
 }
 
-enum ScopeKind {
-    Namespaced,
-    Cluster,
-    /// Dynamic types: whatever the object says.
-    FromObject,
-}
-
-fn scope_of<K: ApiObject>() -> ScopeKind {
-    let scope = TypeId::of::<K::Scope>();
-    if scope == TypeId::of::<NamespaceResourceScope>() {
-        ScopeKind::Namespaced
-    } else if scope == TypeId::of::<ClusterResourceScope>() {
-        ScopeKind::Cluster
-    } else {
-        ScopeKind::FromObject
-    }
-}
-
 fn now() -> Time {
     Time(jiff::Timestamp::now())
 }
@@ -267,7 +250,11 @@ fn spec_of(mut value: Value) -> Value {
 }
 
 /// `target` with the `status` of `source` (or none if `source` has none).
-fn with_status_of<K: ApiObject>(target: &K, source: &Value, key: &ObjectKey) -> Result<K, StoreError> {
+fn with_status_of<K: ApiObject>(
+    target: &K,
+    source: &Value,
+    key: &ObjectKey,
+) -> Result<K, StoreError> {
     let mut value = to_json(target, key)?;
     if let Value::Object(map) = &mut value {
         match source.get("status") {
@@ -299,10 +286,14 @@ fn validate_owner_references(meta: &ObjectMeta) -> FieldError {
     }
     for (i, r) in meta.owner_references.iter().flatten().enumerate() {
         if r.uid.is_empty() {
-            errs.push(FieldError::missing_field("uid").via_field_index("metadata.ownerReferences", i));
+            errs.push(
+                FieldError::missing_field("uid").via_field_index("metadata.ownerReferences", i),
+            );
         }
         if r.name.is_empty() {
-            errs.push(FieldError::missing_field("name").via_field_index("metadata.ownerReferences", i));
+            errs.push(
+                FieldError::missing_field("name").via_field_index("metadata.ownerReferences", i),
+            );
         }
     }
     errs
@@ -362,14 +353,13 @@ impl<K: ApiObject> Table<K> {
     /// Stores `obj` as the new version of an existing object, or removes it if
     /// it is terminating and has no finalizer left. `changed_spec` bumps the
     /// generation. Returns the stored object and the uids removed.
-    fn commit_update(
-        &mut self,
-        key: &ObjectKey,
-        mut obj: K,
-        book: &mut Book,
-    ) -> (K, Vec<String>) {
+    fn commit_update(&mut self, key: &ObjectKey, mut obj: K, book: &mut Book) -> (K, Vec<String>) {
         let terminating = obj.meta().deletion_timestamp.is_some();
-        let finalizers_left = obj.meta().finalizers.as_ref().is_some_and(|f| !f.is_empty());
+        let finalizers_left = obj
+            .meta()
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| !f.is_empty());
         if terminating && !finalizers_left {
             self.objects.insert(key.clone(), obj);
             return match self.remove(key, book) {
@@ -384,9 +374,17 @@ impl<K: ApiObject> Table<K> {
     }
 
     /// Starts or completes the deletion of an object.
-    fn delete(&mut self, key: &ObjectKey, book: &mut Book) -> Result<(Deletion<K>, Vec<String>), StoreError> {
+    fn delete(
+        &mut self,
+        key: &ObjectKey,
+        book: &mut Book,
+    ) -> Result<(Deletion<K>, Vec<String>), StoreError> {
         let current = self.get(key)?.clone();
-        let has_finalizers = current.meta().finalizers.as_ref().is_some_and(|f| !f.is_empty());
+        let has_finalizers = current
+            .meta()
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| !f.is_empty());
         if !has_finalizers {
             return match self.remove(key, book) {
                 Some((last, uid)) => Ok((Deletion::Removed(last), vec![uid])),
@@ -416,7 +414,13 @@ impl<K: ApiObject> AnyTable for Table<K> {
     fn dependents_of(&self, uid: &str) -> Vec<ObjectKey> {
         self.objects
             .iter()
-            .filter(|(_, o)| o.meta().owner_references.iter().flatten().any(|r| r.uid == uid))
+            .filter(|(_, o)| {
+                o.meta()
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|r| r.uid == uid)
+            })
             .map(|(k, _)| k.clone())
             .collect()
     }
@@ -424,7 +428,11 @@ impl<K: ApiObject> AnyTable for Table<K> {
     fn collect(&mut self, key: &ObjectKey, book: &mut Book) -> Option<String> {
         let obj = self.objects.get(key)?;
         let refs = obj.meta().owner_references.clone().unwrap_or_default();
-        let live: Vec<_> = refs.iter().filter(|r| book.uids.contains(&r.uid)).cloned().collect();
+        let live: Vec<_> = refs
+            .iter()
+            .filter(|r| book.uids.contains(&r.uid))
+            .cloned()
+            .collect();
         if live.is_empty() {
             let (_, removed) = self.delete(key, book).ok()?;
             return removed.into_iter().next();
@@ -498,13 +506,16 @@ impl<K: ApiObject> InMemoryObjects<K> {
             }
             Some(_) => {}
         }
-        if let Some(uid) = meta.uid.as_deref().filter(|u| !u.is_empty()) {
-            if Some(uid) != current_meta.uid.as_deref() {
-                return Err(conflict::<K>(
-                    key,
-                    format!("uid {uid} is not the stored {}", current_meta.uid.as_deref().unwrap_or("")),
-                ));
-            }
+        if let Some(uid) = meta.uid.as_deref().filter(|u| !u.is_empty())
+            && Some(uid) != current_meta.uid.as_deref()
+        {
+            return Err(conflict::<K>(
+                key,
+                format!(
+                    "uid {uid} is not the stored {}",
+                    current_meta.uid.as_deref().unwrap_or("")
+                ),
+            ));
         }
         let mut errs = validate_object_meta(meta).via_field("metadata");
         errs.push(validate_owner_references(meta));
@@ -513,8 +524,11 @@ impl<K: ApiObject> InMemoryObjects<K> {
             for (i, f) in meta.finalizers.iter().flatten().enumerate() {
                 if !old.contains(f) {
                     errs.push(
-                        FieldError::new("no new finalizers can be added if the object is being deleted", "")
-                            .via_field_index("metadata.finalizers", i),
+                        FieldError::new(
+                            "no new finalizers can be added if the object is being deleted",
+                            "",
+                        )
+                        .via_field_index("metadata.finalizers", i),
                     );
                 }
             }
@@ -558,16 +572,16 @@ impl<K: ApiObject> InMemoryObjects<K> {
         precondition: Option<&str>,
     ) -> Result<K, StoreError> {
         let current = table.get(key)?.clone();
-        if let Some(rv) = precondition {
-            if Some(rv) != current.meta().resource_version.as_deref() {
-                return Err(conflict::<K>(
-                    key,
-                    format!(
-                        "resourceVersion {rv} is not the stored {}",
-                        current.meta().resource_version.as_deref().unwrap_or("")
-                    ),
-                ));
-            }
+        if let Some(rv) = precondition
+            && Some(rv) != current.meta().resource_version.as_deref()
+        {
+            return Err(conflict::<K>(
+                key,
+                format!(
+                    "resourceVersion {rv} is not the stored {}",
+                    current.meta().resource_version.as_deref().unwrap_or("")
+                ),
+            ));
         }
         let next = with_status_of(&current, status_source, key)?;
         if to_json(&next, key)? == to_json(&current, key)? {
@@ -587,14 +601,20 @@ impl<K: ApiObject> Objects<K> for InMemoryObjects<K> {
     }
 
     #[tracing::instrument(level = "trace", skip(self), fields(kind = %K::kind_name()))]
-    async fn list(&self, namespace: Option<&str>, selector: &Selector) -> Result<Vec<K>, StoreError> {
+    async fn list(
+        &self,
+        namespace: Option<&str>,
+        selector: &Selector,
+    ) -> Result<Vec<K>, StoreError> {
         let namespace = namespace.filter(|n| !n.is_empty());
         Ok(self.with_table(|table, _| {
             table
                 .objects
                 .iter()
                 .filter(|(k, _)| namespace.is_none() || k.namespace.as_deref() == namespace)
-                .filter(|(_, o)| selector.matches(o.meta().labels.as_ref().unwrap_or(&BTreeMap::new())))
+                .filter(|(_, o)| {
+                    selector.matches(o.meta().labels.as_ref().unwrap_or(&BTreeMap::new()))
+                })
                 .map(|(_, o)| o.clone())
                 .collect()
         }))
@@ -606,10 +626,15 @@ impl<K: ApiObject> Objects<K> for InMemoryObjects<K> {
         let meta = obj.meta();
         let mut errs = validate_object_meta(meta).via_field("metadata");
         errs.push(validate_owner_references(meta));
-        if meta.resource_version.as_deref().is_some_and(|rv| !rv.is_empty()) {
-            errs.push(FieldError::disallowed_fields("metadata.resourceVersion").with_details(
-                "resourceVersion should not be set on objects to be created",
-            ));
+        if meta
+            .resource_version
+            .as_deref()
+            .is_some_and(|rv| !rv.is_empty())
+        {
+            errs.push(
+                FieldError::disallowed_fields("metadata.resourceVersion")
+                    .with_details("resourceVersion should not be set on objects to be created"),
+            );
         }
         if errs.has_errors() {
             return Err(invalid::<K>(&key, errs));
@@ -663,12 +688,17 @@ impl<K: ApiObject> Objects<K> for InMemoryObjects<K> {
     async fn replace_status(&self, obj: &K) -> Result<K, StoreError> {
         let key = self.key_for_write(obj)?;
         let source = to_json(obj, &key)?;
-        let precondition = obj.meta().resource_version.clone().filter(|rv| !rv.is_empty());
+        let precondition = obj
+            .meta()
+            .resource_version
+            .clone()
+            .filter(|rv| !rv.is_empty());
         let Some(rv) = precondition else {
             return Err(invalid::<K>(
                 &key,
-                FieldError::missing_field("metadata.resourceVersion")
-                    .with_details("a status update must say which version of the object it changes"),
+                FieldError::missing_field("metadata.resourceVersion").with_details(
+                    "a status update must say which version of the object it changes",
+                ),
             ));
         };
         self.write(|table, book| {
@@ -677,10 +707,18 @@ impl<K: ApiObject> Objects<K> for InMemoryObjects<K> {
     }
 
     #[tracing::instrument(level = "debug", skip(self, patch), fields(kind = %K::kind_name()))]
-    async fn patch(&self, namespace: Option<&str>, name: &str, patch: &Value) -> Result<K, StoreError> {
+    async fn patch(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+        patch: &Value,
+    ) -> Result<K, StoreError> {
         let key = Self::lookup_key(namespace, name);
         if !patch.is_object() {
-            return Err(invalid::<K>(&key, FieldError::new("a merge patch must be a JSON object", "")));
+            return Err(invalid::<K>(
+                &key,
+                FieldError::new("a merge patch must be a JSON object", ""),
+            ));
         }
         self.write(|table, book| {
             let current = table.get(&key)?.clone();
@@ -696,10 +734,18 @@ impl<K: ApiObject> Objects<K> for InMemoryObjects<K> {
     }
 
     #[tracing::instrument(level = "debug", skip(self, patch), fields(kind = %K::kind_name()))]
-    async fn patch_status(&self, namespace: Option<&str>, name: &str, patch: &Value) -> Result<K, StoreError> {
+    async fn patch_status(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+        patch: &Value,
+    ) -> Result<K, StoreError> {
         let key = Self::lookup_key(namespace, name);
         if !patch.is_object() {
-            return Err(invalid::<K>(&key, FieldError::new("a merge patch must be a JSON object", "")));
+            return Err(invalid::<K>(
+                &key,
+                FieldError::new("a merge patch must be a JSON object", ""),
+            ));
         }
         self.write(|table, book| {
             let current = table.get(&key)?.clone();

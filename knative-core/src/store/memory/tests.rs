@@ -107,14 +107,21 @@ async fn create_explains_invalid_metadata_with_field_paths() {
     cm.metadata.resource_version = Some("12".into());
     let err = cms.create(&cm).await.expect_err("invalid");
     let text = err.to_string();
-    assert!(text.contains("metadata.name: invalid value: Not_Valid"), "{text}");
-    assert!(text.contains("metadata.resourceVersion: must not set"), "{text}");
+    assert!(
+        text.contains("metadata.name: invalid value: Not_Valid"),
+        "{text}"
+    );
+    assert!(
+        text.contains("metadata.resourceVersion: must not set"),
+        "{text}"
+    );
 
     let mut no_ns = config_map("a");
     no_ns.metadata.namespace = None;
     let err = cms.create(&no_ns).await.expect_err("invalid");
     assert!(
-        err.to_string().contains("metadata.namespace: missing field"),
+        err.to_string()
+            .contains("metadata.namespace: missing field"),
         "{err}"
     );
 }
@@ -144,8 +151,14 @@ async fn generate_name_appends_a_random_suffix() {
     cm.metadata.generate_name = Some("hello-".into());
     let a = cms.create(&cm).await.expect("created");
     let b = cms.create(&cm).await.expect("created");
-    let (a, b) = (a.metadata.name.unwrap_or_default(), b.metadata.name.unwrap_or_default());
-    assert!(a.starts_with("hello-") && a.len() == "hello-".len() + 5, "{a}");
+    let (a, b) = (
+        a.metadata.name.unwrap_or_default(),
+        b.metadata.name.unwrap_or_default(),
+    );
+    assert!(
+        a.starts_with("hello-") && a.len() == "hello-".len() + 5,
+        "{a}"
+    );
     assert_ne!(a, b);
 }
 
@@ -163,7 +176,10 @@ async fn replace_with_stale_resource_version_conflicts() {
     stale.spec.replicas = Some(3);
     let err = deployments.replace(&stale).await.expect_err("stale");
     assert!(err.is_conflict(), "{err}");
-    let stored = deployments.get(Some("default"), "hello").await.expect("found");
+    let stored = deployments
+        .get(Some("default"), "hello")
+        .await
+        .expect("found");
     assert_eq!(stored.spec.replicas, Some(2));
 }
 
@@ -177,7 +193,10 @@ async fn replace_without_resource_version_is_invalid() {
             .contains("metadata.resourceVersion: missing field"),
         "{err}"
     );
-    let err = cms.replace(&config_map("missing")).await.expect_err("absent");
+    let err = cms
+        .replace(&config_map("missing"))
+        .await
+        .expect_err("absent");
     assert!(err.is_not_found() || matches!(err, StoreError::Invalid { .. }));
 }
 
@@ -192,7 +211,11 @@ async fn generation_bumps_only_on_spec_change() {
     let mut labelled = created.clone();
     labelled.metadata.labels = Some([("app".to_owned(), "hello".to_owned())].into());
     let labelled = deployments.replace(&labelled).await.expect("labels");
-    assert_eq!(labelled.metadata.generation, Some(1), "metadata is not spec");
+    assert_eq!(
+        labelled.metadata.generation,
+        Some(1),
+        "metadata is not spec"
+    );
     assert!(rv(&labelled) > rv(&created));
 
     let mut with_status = labelled.clone();
@@ -204,8 +227,15 @@ async fn generation_bumps_only_on_spec_change() {
         .replace_status(&with_status)
         .await
         .expect("status");
-    assert_eq!(with_status.metadata.generation, Some(1), "status is not spec");
-    assert_eq!(with_status.status.as_ref().and_then(|s| s.ready_replicas), Some(1));
+    assert_eq!(
+        with_status.metadata.generation,
+        Some(1),
+        "status is not spec"
+    );
+    assert_eq!(
+        with_status.status.as_ref().and_then(|s| s.ready_replicas),
+        Some(1)
+    );
 
     let mut scaled = with_status.clone();
     scaled.spec.replicas = Some(3);
@@ -233,7 +263,10 @@ async fn replace_ignores_status_and_replace_status_ignores_spec() {
     });
     let after_status = deployments.replace_status(&both).await.expect("status");
     assert_eq!(after_status.spec.replicas, Some(1));
-    assert_eq!(after_status.status.as_ref().and_then(|s| s.replicas), Some(5));
+    assert_eq!(
+        after_status.status.as_ref().and_then(|s| s.replicas),
+        Some(5)
+    );
 
     let mut spec_only = after_status.clone();
     spec_only.spec.replicas = Some(5);
@@ -249,7 +282,10 @@ async fn no_op_writes_keep_the_resource_version_and_emit_nothing() {
     let created = cms.create(&config_map("a")).await.expect("created");
     let mut watch = cms.watch(None).await.expect("watch");
     let same = cms.replace(&created).await.expect("no-op");
-    assert_eq!(same.metadata.resource_version, created.metadata.resource_version);
+    assert_eq!(
+        same.metadata.resource_version,
+        created.metadata.resource_version
+    );
     let patched = cms
         .patch(Some("default"), "a", &json!({"data": {"k": "v"}}))
         .await
@@ -277,7 +313,11 @@ async fn patch_status_merges_and_checks_its_precondition() {
         .await
         .expect("patched");
     let two = deployments
-        .patch_status(Some("default"), "hello", &json!({"status": {"readyReplicas": 0}}))
+        .patch_status(
+            Some("default"),
+            "hello",
+            &json!({"status": {"readyReplicas": 0}}),
+        )
         .await
         .expect("patched");
     let status = two.status.clone().unwrap_or_default();
@@ -308,8 +348,18 @@ async fn delete_without_finalizers_removes_the_object() {
         Deletion::Removed(cm) => assert_eq!(cm.metadata.name.as_deref(), Some("a")),
         other => panic!("expected removal, got {other:?}"),
     }
-    assert!(cms.get(Some("default"), "a").await.expect_err("gone").is_not_found());
-    assert!(cms.delete(Some("default"), "a").await.expect_err("gone").is_not_found());
+    assert!(
+        cms.get(Some("default"), "a")
+            .await
+            .expect_err("gone")
+            .is_not_found()
+    );
+    assert!(
+        cms.delete(Some("default"), "a")
+            .await
+            .expect_err("gone")
+            .is_not_found()
+    );
 }
 
 #[tokio::test]
@@ -319,15 +369,29 @@ async fn finalizer_blocks_deletion_until_it_is_removed() {
     d.metadata.finalizers = Some(vec!["serving.knative.dev/cleanup".into()]);
     let created = deployments.create(&d).await.expect("created");
 
-    let terminating = match deployments.delete(Some("default"), "hello").await.expect("delete") {
+    let terminating = match deployments
+        .delete(Some("default"), "hello")
+        .await
+        .expect("delete")
+    {
         Deletion::Terminating(d) => d,
         other => panic!("expected terminating, got {other:?}"),
     };
     assert!(terminating.metadata.deletion_timestamp.is_some());
-    assert_eq!(terminating.metadata.generation, Some(2), "deletion bumps generation");
-    assert!(deployments.get(Some("default"), "hello").await.is_ok(), "still there");
+    assert_eq!(
+        terminating.metadata.generation,
+        Some(2),
+        "deletion bumps generation"
+    );
+    assert!(
+        deployments.get(Some("default"), "hello").await.is_ok(),
+        "still there"
+    );
     // Deleting again changes nothing.
-    let again = deployments.delete(Some("default"), "hello").await.expect("delete");
+    let again = deployments
+        .delete(Some("default"), "hello")
+        .await
+        .expect("delete");
     assert_eq!(again, Deletion::Terminating(terminating.clone()));
     assert!(rv(&terminating) > rv(&created));
 
@@ -337,7 +401,10 @@ async fn finalizer_blocks_deletion_until_it_is_removed() {
         .finalizers
         .get_or_insert_with(Vec::new)
         .push("example.com/other".into());
-    let err = deployments.replace(&more).await.expect_err("no new finalizers");
+    let err = deployments
+        .replace(&more)
+        .await
+        .expect_err("no new finalizers");
     assert!(
         err.to_string()
             .contains("metadata.finalizers[1]: no new finalizers can be added"),
@@ -355,7 +422,10 @@ async fn finalizer_blocks_deletion_until_it_is_removed() {
             .expect_err("gone")
             .is_not_found()
     );
-    assert!(matches!(watch.events.next().await, Some(Ok(WatchEvent::Deleted(_)))));
+    assert!(matches!(
+        watch.events.next().await,
+        Some(Ok(WatchEvent::Deleted(_)))
+    ));
 }
 
 #[tokio::test]
@@ -404,7 +474,12 @@ async fn deleting_an_owner_cascades_to_its_dependents_across_kinds() {
         .await
         .expect("deleted");
 
-    assert!(cms.get(Some("default"), "only-child").await.expect_err("cascaded").is_not_found());
+    assert!(
+        cms.get(Some("default"), "only-child")
+            .await
+            .expect_err("cascaded")
+            .is_not_found()
+    );
     assert!(
         deployments
             .get(Some("default"), "grandchild")
@@ -412,7 +487,10 @@ async fn deleting_an_owner_cascades_to_its_dependents_across_kinds() {
             .expect_err("cascaded")
             .is_not_found()
     );
-    let shared = cms.get(Some("default"), "shared").await.expect("still owned");
+    let shared = cms
+        .get(Some("default"), "shared")
+        .await
+        .expect("still owned");
     let owners: Vec<_> = shared
         .metadata
         .owner_references
@@ -440,7 +518,10 @@ async fn cascade_respects_the_dependents_finalizers() {
         .delete(Some("default"), "owner")
         .await
         .expect("deleted");
-    let child = cms.get(Some("default"), "child").await.expect("finalizer holds it");
+    let child = cms
+        .get(Some("default"), "child")
+        .await
+        .expect("finalizer holds it");
     assert!(child.metadata.deletion_timestamp.is_some());
 }
 
@@ -498,7 +579,11 @@ async fn watch_sees_every_write_in_order() {
 #[tokio::test]
 async fn list_filters_by_namespace_and_label_selector() {
     let cms = InMemoryObjects::<ConfigMap>::new();
-    for (ns, name, app) in [("default", "a", "x"), ("default", "b", "y"), ("other", "c", "x")] {
+    for (ns, name, app) in [
+        ("default", "a", "x"),
+        ("default", "b", "y"),
+        ("other", "c", "x"),
+    ] {
         let mut cm = ConfigMap {
             metadata: meta(ns, name),
             ..ConfigMap::default()
@@ -507,15 +592,22 @@ async fn list_filters_by_namespace_and_label_selector() {
         cms.create(&cm).await.expect("created");
     }
     let names = |v: Vec<ConfigMap>| -> Vec<String> {
-        v.into_iter()
-            .filter_map(|c| c.metadata.name)
-            .collect()
+        v.into_iter().filter_map(|c| c.metadata.name).collect()
     };
     let everything = Selector::default();
-    assert_eq!(names(cms.list(None, &everything).await.expect("list")), ["a", "b", "c"]);
-    assert_eq!(names(cms.list(Some("default"), &everything).await.expect("list")), ["a", "b"]);
+    assert_eq!(
+        names(cms.list(None, &everything).await.expect("list")),
+        ["a", "b", "c"]
+    );
+    assert_eq!(
+        names(cms.list(Some("default"), &everything).await.expect("list")),
+        ["a", "b"]
+    );
     let app_x: Selector = [("app", "x")].into_iter().collect();
-    assert_eq!(names(cms.list(None, &app_x).await.expect("list")), ["a", "c"]);
+    assert_eq!(
+        names(cms.list(None, &app_x).await.expect("list")),
+        ["a", "c"]
+    );
 }
 
 /// Increments a counter in a config map with get / modify / replace,
