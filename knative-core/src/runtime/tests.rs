@@ -437,3 +437,102 @@ async fn shutdown_waits_for_reconciles_in_flight() {
         "run returned only after the reconcile finished"
     );
 }
+
+/// The in-memory store, but the first watch fails as a broken API server
+/// connection would.
+struct FirstWatchFails {
+    inner: crate::store::InMemoryObjects<ConfigMap>,
+    watches: AtomicUsize,
+}
+
+#[async_trait]
+impl Objects<ConfigMap> for FirstWatchFails {
+    async fn get(&self, namespace: Option<&str>, name: &str) -> Result<ConfigMap, StoreError> {
+        self.inner.get(namespace, name).await
+    }
+    async fn list(
+        &self,
+        namespace: Option<&str>,
+        selector: &kube::core::Selector,
+    ) -> Result<Vec<ConfigMap>, StoreError> {
+        self.inner.list(namespace, selector).await
+    }
+    async fn create(&self, obj: &ConfigMap) -> Result<ConfigMap, StoreError> {
+        self.inner.create(obj).await
+    }
+    async fn replace(&self, obj: &ConfigMap) -> Result<ConfigMap, StoreError> {
+        self.inner.replace(obj).await
+    }
+    async fn replace_status(&self, obj: &ConfigMap) -> Result<ConfigMap, StoreError> {
+        self.inner.replace_status(obj).await
+    }
+    async fn patch(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+        patch: &serde_json::Value,
+    ) -> Result<ConfigMap, StoreError> {
+        self.inner.patch(namespace, name, patch).await
+    }
+    async fn patch_status(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+        patch: &serde_json::Value,
+    ) -> Result<ConfigMap, StoreError> {
+        self.inner.patch_status(namespace, name, patch).await
+    }
+    async fn delete(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<crate::store::Deletion<ConfigMap>, StoreError> {
+        self.inner.delete(namespace, name).await
+    }
+    async fn watch(
+        &self,
+        namespace: Option<&str>,
+    ) -> Result<crate::store::Watch<ConfigMap>, StoreError> {
+        if self.watches.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err(StoreError::Backend("connection refused".into()));
+        }
+        self.inner.watch(namespace).await
+    }
+}
+
+#[tokio::test]
+async fn a_failed_watch_is_retried_and_then_sees_changes() {
+    let inner = InMemoryStore::new().objects::<ConfigMap>();
+    inner
+        .create(&config_map("existing", "1"))
+        .await
+        .expect("created");
+    let objects = Arc::new(FirstWatchFails {
+        inner: inner.clone(),
+        watches: AtomicUsize::new(0),
+    });
+    let recorder = Arc::new(Recorder::default());
+    let running = start(Controller::with_config(
+        Arc::clone(&objects) as Arc<dyn Objects<ConfigMap>>,
+        Arc::clone(&recorder),
+        fast_config(),
+    ));
+    eventually("the snapshot of the second watch is reconciled", || {
+        recorder.count() == 1
+    })
+    .await;
+    inner
+        .create(&config_map("later", "1"))
+        .await
+        .expect("created");
+    eventually("a change after the retry is reconciled", || {
+        recorder.count() == 2
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(objects.watches.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        recorder.calls()[1].0,
+        ObjectKey::namespaced("default", "later")
+    );
+}
