@@ -308,6 +308,7 @@ impl ConditionSet {
             set: self,
             conditions,
             now,
+            touched: Vec::new(),
         }
     }
 }
@@ -318,6 +319,9 @@ pub struct ConditionManager<'a> {
     set: &'a ConditionSet,
     conditions: &'a mut Vec<Condition>,
     now: Time,
+    /// Types changed through this manager, oldest first: they all carry the
+    /// same `now`, so this orders changes that share a transition time.
+    touched: Vec<String>,
 }
 
 impl ConditionManager<'_> {
@@ -347,21 +351,16 @@ impl ConditionManager<'_> {
     /// `lastTransitionTime`; otherwise `lastTransitionTime` becomes now and the
     /// list is re-sorted by type.
     pub fn set(&mut self, mut condition: Condition) {
-        if let Some(i) = self
-            .conditions
-            .iter()
-            .position(|c| c.type_ == condition.type_)
-        {
-            if self.conditions[i] == condition {
-                return;
-            }
-            self.conditions.remove(i);
+        if self.get(&condition.type_) == Some(&condition) {
+            return;
         }
         condition.last_transition_time = Some(self.now.clone());
-        let at = self
-            .conditions
-            .partition_point(|c| c.type_ < condition.type_);
-        self.conditions.insert(at, condition);
+        self.touched.retain(|t| *t != condition.type_);
+        self.touched.push(condition.type_.clone());
+        // Also drops duplicates another writer may have left.
+        self.conditions.retain(|c| c.type_ != condition.type_);
+        self.conditions.push(condition);
+        self.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
     }
 
     /// Removes a non-terminal condition. Terminal conditions cannot be
@@ -405,11 +404,7 @@ impl ConditionManager<'_> {
     /// Marks `type_` `True` with a reason and message, then updates the happy
     /// condition from the dependents.
     pub fn mark_true_with_reason(&mut self, type_: &str, reason: &str, message: &str) {
-        let condition = Condition {
-            severity: self.set.severity(type_),
-            ..Condition::new(type_, ConditionStatus::True).with_reason(reason, message)
-        };
-        self.set(condition);
+        self.set(self.with_severity(type_, ConditionStatus::True, reason, message));
         self.mark_happy(type_);
     }
 
@@ -417,11 +412,7 @@ impl ConditionManager<'_> {
     /// `type_` is a dependent, unless a dependent is `False` (then the happy
     /// condition is made `False` if it is not already).
     pub fn mark_unknown(&mut self, type_: &str, reason: &str, message: &str) {
-        let condition = Condition {
-            severity: self.set.severity(type_),
-            ..Condition::new(type_, ConditionStatus::Unknown).with_reason(reason, message)
-        };
-        self.set(condition);
+        self.set(self.with_severity(type_, ConditionStatus::Unknown, reason, message));
 
         let any_false = self
             .set
@@ -445,15 +436,25 @@ impl ConditionManager<'_> {
     /// Marks `type_` `False`; when `type_` is a dependent the happy condition
     /// becomes `False` with the same reason and message.
     pub fn mark_false(&mut self, type_: &str, reason: &str, message: &str) {
-        let condition = Condition {
-            severity: self.set.severity(type_),
-            ..Condition::new(type_, ConditionStatus::False).with_reason(reason, message)
-        };
-        self.set(condition);
+        self.set(self.with_severity(type_, ConditionStatus::False, reason, message));
         if self.set.dependents.iter().any(|d| d == type_) {
             let happy = Condition::new(self.set.happy.clone(), ConditionStatus::False)
                 .with_reason(reason, message);
             self.set(happy);
+        }
+    }
+
+    /// A condition of `type_` with the severity this set gives it.
+    fn with_severity(
+        &self,
+        type_: &str,
+        status: ConditionStatus,
+        reason: &str,
+        message: &str,
+    ) -> Condition {
+        Condition {
+            severity: self.set.severity(type_),
+            ..Condition::new(type_, status).with_reason(reason, message)
         }
     }
 
@@ -479,8 +480,7 @@ impl ConditionManager<'_> {
     /// The unhappy terminal condition that should decide the happy condition:
     /// among error-severity conditions other than the happy one, the most
     /// recently changed `False` one, else the most recently changed `Unknown`
-    /// one (ties keep type order); an unset dependent counts as `Unknown`
-    /// with no reason.
+    /// one; an unset dependent counts as `Unknown` with no reason.
     fn find_unhappy_dependent(&self) -> Option<(ConditionStatus, String, String)> {
         if self.set.dependents.is_empty() {
             return None;
@@ -490,12 +490,15 @@ impl ConditionManager<'_> {
             .iter()
             .filter(|c| c.severity == ConditionSeverity::Error && c.type_ != self.set.happy)
             .collect();
-        // Most recent first; a stable sort keeps type order among equal times.
-        terminal.sort_by(|a, b| {
-            let at = a.last_transition_time.as_ref().map(|t| t.0);
-            let bt = b.last_transition_time.as_ref().map(|t| t.0);
-            bt.cmp(&at)
-        });
+        // Most recent first: by transition time, then by the order of
+        // changes made through this manager (which share one time).
+        let recency = |c: &Condition| {
+            (
+                c.last_transition_time.as_ref().map(|t| t.0),
+                self.touched.iter().position(|t| *t == c.type_),
+            )
+        };
+        terminal.sort_by_key(|c| std::cmp::Reverse(recency(c)));
         let pick = terminal
             .iter()
             .find(|c| c.is_false())

@@ -75,8 +75,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
+use std::panic::AssertUnwindSafe;
+
 use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -267,7 +269,10 @@ impl<K: ApiObject, R: Reconciler<K>> Controller<K, R> {
         F: Fn(&C) -> Vec<ObjectKey> + Send + Sync + 'static,
     {
         let rewatch_delay = self.config.rewatch_delay;
+        let cluster_scoped = matches!(scope_of::<C>(), ScopeKind::Cluster);
         self.sources.push(Box::new(move |queue, namespace| {
+            // The controller's namespace does not apply to cluster-scoped kinds.
+            let namespace = if cluster_scoped { None } else { namespace };
             Box::pin(watch_related(
                 objects,
                 namespace,
@@ -318,84 +323,25 @@ fn group_of(api_version: &str) -> &str {
     api_version.rsplit_once('/').map_or("", |(group, _)| group)
 }
 
-async fn watch_primary<K: ApiObject>(
-    objects: Arc<dyn Objects<K>>,
+/// Watches `objects` for as long as the queue runs, starting over after
+/// `rewatch_delay` when a watch breaks: `on_snapshot` gets each watch's
+/// initial objects, `on_event` every change after.
+async fn watch_loop<C: ApiObject>(
+    objects: Arc<dyn Objects<C>>,
     namespace: Option<String>,
-    cache: Cache<K>,
     queue: Arc<WorkQueue<ObjectKey>>,
     rewatch_delay: Duration,
+    mut on_snapshot: impl FnMut(Vec<C>) + Send,
+    mut on_event: impl FnMut(WatchEvent<C>) + Send,
 ) {
     loop {
         match objects.watch(namespace.as_deref()).await {
-            Ok(mut watch) => {
-                let snapshot: HashMap<ObjectKey, Arc<K>> = watch
-                    .initial
-                    .drain(..)
-                    .map(|o| (o.key(), Arc::new(o)))
-                    .collect();
-                let keys: Vec<ObjectKey> = snapshot.keys().cloned().collect();
-                *cache.write().unwrap_or_else(PoisonError::into_inner) = snapshot;
-                for key in keys {
-                    queue.add(key);
-                }
-                while let Some(item) = watch.events.next().await {
+            Ok(watch) => {
+                on_snapshot(watch.initial);
+                let mut events = watch.events;
+                while let Some(item) = events.next().await {
                     match item {
-                        Ok(event) => {
-                            let deleted = matches!(event, WatchEvent::Deleted(_));
-                            let obj = event.into_object();
-                            let key = obj.key();
-                            let mut cache = cache.write().unwrap_or_else(PoisonError::into_inner);
-                            if deleted {
-                                cache.remove(&key);
-                            } else {
-                                cache.insert(key.clone(), Arc::new(obj));
-                                drop(cache);
-                                queue.add(key);
-                            }
-                        }
-                        Err(error) => {
-                            tracing::warn!(kind = %K::kind_name(), %error, "watch broke; watching again");
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(error) => {
-                tracing::warn!(kind = %K::kind_name(), %error, "cannot watch; retrying");
-            }
-        }
-        if queue.is_shutting_down() {
-            return;
-        }
-        tokio::time::sleep(rewatch_delay).await;
-    }
-}
-
-async fn watch_related<C, F>(
-    objects: Arc<dyn Objects<C>>,
-    namespace: Option<String>,
-    mapper: F,
-    queue: Arc<WorkQueue<ObjectKey>>,
-    rewatch_delay: Duration,
-) where
-    C: ApiObject,
-    F: Fn(&C) -> Vec<ObjectKey> + Send + Sync + 'static,
-{
-    loop {
-        match objects.watch(namespace.as_deref()).await {
-            Ok(mut watch) => {
-                for obj in watch.initial.drain(..) {
-                    for key in mapper(&obj) {
-                        queue.add(key);
-                    }
-                }
-                while let Some(item) = watch.events.next().await {
-                    match item {
-                        Ok(event) => {
-                            for key in mapper(event.object()) {
-                                queue.add(key);
-                            }
-                        }
+                        Ok(event) => on_event(event),
                         Err(error) => {
                             tracing::warn!(kind = %C::kind_name(), %error, "watch broke; watching again");
                             break;
@@ -412,6 +358,84 @@ async fn watch_related<C, F>(
         }
         tokio::time::sleep(rewatch_delay).await;
     }
+}
+
+/// Keeps the cache of the controller's own kind and queues changed keys.
+async fn watch_primary<K: ApiObject>(
+    objects: Arc<dyn Objects<K>>,
+    namespace: Option<String>,
+    cache: Cache<K>,
+    queue: Arc<WorkQueue<ObjectKey>>,
+    rewatch_delay: Duration,
+) {
+    let (snapshot_queue, event_queue) = (Arc::clone(&queue), Arc::clone(&queue));
+    let snapshot_cache = Arc::clone(&cache);
+    watch_loop(
+        objects,
+        namespace,
+        queue,
+        rewatch_delay,
+        move |initial: Vec<K>| {
+            let snapshot: HashMap<ObjectKey, Arc<K>> = initial
+                .into_iter()
+                .map(|o| (o.key(), Arc::new(o)))
+                .collect();
+            let keys: Vec<ObjectKey> = snapshot.keys().cloned().collect();
+            *snapshot_cache
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = snapshot;
+            for key in keys {
+                snapshot_queue.add(key);
+            }
+        },
+        move |event| {
+            let deleted = matches!(event, WatchEvent::Deleted(_));
+            let obj = event.into_object();
+            let key = obj.key();
+            let mut cache = cache.write().unwrap_or_else(PoisonError::into_inner);
+            if deleted {
+                cache.remove(&key);
+            } else {
+                cache.insert(key.clone(), Arc::new(obj));
+                drop(cache);
+                event_queue.add(key);
+            }
+        },
+    )
+    .await;
+}
+
+/// Queues the keys `mapper` returns for every object and change of a related kind.
+async fn watch_related<C, F>(
+    objects: Arc<dyn Objects<C>>,
+    namespace: Option<String>,
+    mapper: F,
+    queue: Arc<WorkQueue<ObjectKey>>,
+    rewatch_delay: Duration,
+) where
+    C: ApiObject,
+    F: Fn(&C) -> Vec<ObjectKey> + Send + Sync + 'static,
+{
+    let mapper = Arc::new(mapper);
+    let snapshot_mapper = Arc::clone(&mapper);
+    let (snapshot_queue, event_queue) = (Arc::clone(&queue), Arc::clone(&queue));
+    watch_loop(
+        objects,
+        namespace,
+        queue,
+        rewatch_delay,
+        move |initial: Vec<C>| {
+            for key in initial.iter().flat_map(|o| snapshot_mapper(o)) {
+                snapshot_queue.add(key);
+            }
+        },
+        move |event| {
+            for key in mapper(event.object()) {
+                event_queue.add(key);
+            }
+        },
+    )
+    .await;
 }
 
 async fn work<K: ApiObject, R: Reconciler<K>>(
@@ -446,13 +470,12 @@ async fn reconcile_one<K: ApiObject, R: Reconciler<K>>(
         key = %key,
         resource_version = obj.meta().resource_version.as_deref().unwrap_or(""),
     );
-    // A task of its own, so a panic in the reconciler is contained.
-    let task = {
-        let reconciler = Arc::clone(reconciler);
-        let obj = Arc::clone(&obj);
-        tokio::spawn(async move { reconciler.reconcile(obj).await }.instrument(span.clone()))
-    };
-    match task.await {
+    // A panic in the reconciler is contained and treated as a failure.
+    let outcome = AssertUnwindSafe(reconciler.reconcile(Arc::clone(&obj)))
+        .catch_unwind()
+        .instrument(span.clone())
+        .await;
+    match outcome {
         Ok(Ok(action)) => {
             queue.forget(key);
             if let Some(delay) = action.requeue_delay() {
@@ -460,7 +483,10 @@ async fn reconcile_one<K: ApiObject, R: Reconciler<K>>(
             }
         }
         Ok(Err(error)) => {
-            let policy = reconciler.error_policy(&obj, &error);
+            let policy = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                reconciler.error_policy(&obj, &error)
+            }))
+            .unwrap_or_default();
             tracing::warn!(parent: &span, %error, ?policy, failures = queue.failures(key) + 1, "reconcile failed");
             match policy {
                 ErrorPolicy::Backoff => queue.add_rate_limited(key.clone()),
@@ -468,8 +494,13 @@ async fn reconcile_one<K: ApiObject, R: Reconciler<K>>(
                 ErrorPolicy::Forget => queue.forget(key),
             }
         }
-        Err(join_error) => {
-            tracing::error!(parent: &span, error = %join_error, "reconcile panicked");
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".to_owned());
+            tracing::error!(parent: &span, %message, "reconcile panicked");
             queue.add_rate_limited(key.clone());
         }
     }

@@ -265,7 +265,7 @@ pub enum StoreError {
         errors: FieldError,
     },
     /// The object could not be converted to or from JSON.
-    #[error("{kind} {key:?} could not be (de)serialized")]
+    #[error("{kind} {key:?} could not be (de)serialized: {source}")]
     Serialization {
         /// The object's kind.
         kind: String,
@@ -276,7 +276,7 @@ pub enum StoreError {
         source: serde_json::Error,
     },
     /// The backing service failed (an API server, a network error, ...).
-    #[error("store backend failed")]
+    #[error("store backend failed: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 

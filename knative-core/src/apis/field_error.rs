@@ -308,21 +308,44 @@ impl FieldError {
 }
 
 /// Joins path components the way upstream's `flatten` does: dots between
-/// fields, none before an index (`containers` + `[0]` → `containers[0]`),
-/// empty components dropped.
+/// fields, none before an index or key (`containers` + `[0]` →
+/// `containers[0]`), empty components dropped. Bracketed keys stay whole
+/// even when they contain dots (`labels[app.kubernetes.io/name]`).
 fn join_path(prefix: &str, path: &str) -> String {
     let mut out = String::with_capacity(prefix.len() + path.len() + 1);
-    for part in prefix.split('.').chain(path.split('.')) {
+    for part in path_parts(prefix).chain(path_parts(path)) {
         if part.is_empty() {
             continue;
         }
-        let is_index = part.starts_with('[') && part.ends_with(']');
-        if !out.is_empty() && !is_index {
+        if !out.is_empty() && !part.starts_with('[') {
             out.push('.');
         }
         out.push_str(part);
     }
     out
+}
+
+/// Splits a path into fields and bracketed parts: `a.b[x.y].c` → `a`, `b`,
+/// `[x.y]`, `c`.
+fn path_parts(path: &str) -> impl Iterator<Item = &str> {
+    let mut rest = path;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        if let Some(stripped) = rest.strip_prefix('.') {
+            rest = stripped;
+            return Some("");
+        }
+        let end = if rest.starts_with('[') {
+            rest.find(']').map_or(rest.len(), |i| i + 1)
+        } else {
+            rest.find(['.', '[']).unwrap_or(rest.len())
+        };
+        let (part, tail) = rest.split_at(end);
+        rest = tail;
+        Some(part)
+    })
 }
 
 impl fmt::Display for FieldError {
@@ -381,6 +404,19 @@ mod tests {
             err.to_string(),
             "metadata.annotations[Bad Key]: invalid key name \"Bad Key\""
         );
+    }
+
+    #[test]
+    fn dotted_map_keys_stay_inside_their_brackets() {
+        let err = FieldError::invalid_value("x y", CURRENT_FIELD)
+            .via_field_key("labels", "app.kubernetes.io/name")
+            .via_field("metadata");
+        assert_eq!(
+            err.to_string(),
+            "metadata.labels[app.kubernetes.io/name]: invalid value: x y"
+        );
+        let err = FieldError::missing_field("spec.template[a.b].image").via_field("x");
+        assert_eq!(err.to_string(), "x.spec.template[a.b].image: missing field");
     }
 
     #[test]

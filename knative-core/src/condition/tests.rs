@@ -126,6 +126,34 @@ fn marking_true_propagates_the_most_recent_false_dependent() {
 }
 
 #[test]
+fn within_one_manager_the_latest_failure_decides_ready() {
+    let set = ConditionSet::living(&["ResourcesAvailable", "ContainerHealthy"]);
+    let mut conditions = Vec::new();
+    let mut m = set.manage_at(&mut conditions, at(1));
+    m.mark_false("ContainerHealthy", "ExitCode1", "");
+    m.mark_false("ResourcesAvailable", "Unschedulable", "");
+    m.mark_true("Active");
+    assert_eq!(
+        m.happy_condition().map(|c| c.reason.clone()),
+        Some("Unschedulable".to_owned())
+    );
+}
+
+#[test]
+fn set_repairs_unsorted_and_duplicated_conditions() {
+    let set = service_set();
+    let mut conditions = vec![
+        Condition::new("RoutesReady", ConditionStatus::False),
+        Condition::new("Ready", ConditionStatus::False),
+        Condition::new("RoutesReady", ConditionStatus::Unknown),
+    ];
+    set.manage_at(&mut conditions, at(1))
+        .mark_true("RoutesReady");
+    let types: Vec<_> = conditions.iter().map(|c| c.type_.as_str()).collect();
+    assert_eq!(types, ["Ready", "RoutesReady"]);
+}
+
+#[test]
 fn informational_conditions_get_info_severity_and_do_not_affect_ready() {
     let set = ConditionSet::living(&["ResourcesAvailable", "ContainerHealthy"]);
     let mut conditions = Vec::new();

@@ -52,6 +52,14 @@ impl Backoff {
     }
 }
 
+/// `now + delay`, saturating far in the future instead of overflowing.
+fn deadline_after(delay: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(delay)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(now)
+}
+
 struct State<T> {
     queue: VecDeque<T>,
     /// Keys that must be (re)processed: queued, or added while processing.
@@ -140,7 +148,7 @@ impl<T: Hash + Eq + Clone> WorkQueue<T> {
             self.add(key);
             return;
         }
-        let due = Instant::now() + delay;
+        let due = deadline_after(delay);
         let mut state = self.lock();
         if state.shutting_down {
             return;
@@ -179,7 +187,11 @@ impl<T: Hash + Eq + Clone> WorkQueue<T> {
     /// Call [`done`](Self::done) when finished with the key.
     pub async fn get(&self) -> Option<T> {
         loop {
+            // Registered before looking at the queue, so an `add` between the
+            // look and the wait still wakes this worker.
             let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             let next_due = {
                 let mut state = self.lock();
                 if state.shutting_down {
@@ -189,6 +201,12 @@ impl<T: Hash + Eq + Clone> WorkQueue<T> {
                 if let Some(key) = state.queue.pop_front() {
                     state.dirty.remove(&key);
                     state.processing.insert(key.clone());
+                    let more = !state.queue.is_empty();
+                    drop(state);
+                    if more {
+                        // Pass the baton: another worker may be idle.
+                        self.notify.notify_one();
+                    }
                     return Some(key);
                 }
                 state.waiting.values().min().copied()
@@ -200,19 +218,21 @@ impl<T: Hash + Eq + Clone> WorkQueue<T> {
                         () = tokio::time::sleep_until(due) => {}
                     }
                 }
-                None => notified.await,
+                None => notified.as_mut().await,
             }
         }
     }
 
     fn promote_due(state: &mut State<T>, now: Instant) {
-        let due: Vec<T> = state
+        let mut due: Vec<(Instant, T)> = state
             .waiting
             .iter()
             .filter(|(_, at)| **at <= now)
-            .map(|(k, _)| k.clone())
+            .map(|(k, at)| (*at, k.clone()))
             .collect();
-        for key in due {
+        // Oldest first.
+        due.sort_by_key(|(at, _)| *at);
+        for (_, key) in due {
             state.waiting.remove(&key);
             Self::add_locked(state, key);
         }
@@ -221,8 +241,8 @@ impl<T: Hash + Eq + Clone> WorkQueue<T> {
     /// Marks `key` as processed; if it was added meanwhile it is queued again.
     pub fn done(&self, key: &T) {
         let mut state = self.lock();
-        state.processing.remove(key);
-        if state.dirty.contains(key) && !state.shutting_down {
+        let was_processing = state.processing.remove(key);
+        if was_processing && state.dirty.contains(key) && !state.shutting_down {
             state.queue.push_back(key.clone());
             drop(state);
             self.notify.notify_one();
@@ -335,6 +355,50 @@ mod tests {
         assert_eq!(b.delay(1), Duration::from_millis(5));
         assert_eq!(b.delay(2), Duration::from_millis(10));
         assert_eq!(b.delay(100), Duration::from_secs(1000));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_idle_workers_both_get_work_when_two_keys_arrive() {
+        let q: Arc<WorkQueue<u32>> = Arc::new(WorkQueue::default());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..2 {
+            let q = Arc::clone(&q);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                // Hold the key without calling `done`, like a long reconcile.
+                let key = q.get().await;
+                let _ = tx.send(key);
+                std::future::pending::<()>().await;
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        q.add(1);
+        q.add(2);
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let key = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("both workers woke");
+            got.push(key.flatten().expect("a key"));
+        }
+        got.sort_unstable();
+        assert_eq!(got, [1, 2]);
+    }
+
+    #[tokio::test]
+    async fn done_on_a_key_not_being_processed_does_not_duplicate_it() {
+        let q = WorkQueue::default();
+        q.add("a");
+        q.done(&"a");
+        assert_eq!(q.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_enormous_delay_does_not_overflow() {
+        let q = WorkQueue::default();
+        q.add_after("never", Duration::MAX);
+        q.add("now");
+        assert_eq!(q.get().await, Some("now"));
     }
 
     #[tokio::test]

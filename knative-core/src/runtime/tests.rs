@@ -347,12 +347,16 @@ async fn a_change_to_an_owned_child_reconciles_its_owner() {
     }]);
     let mut child = cms.create(&child).await.expect("created");
     // Not a child: owned by a ConfigMap of the same name.
+    let same_name = cms
+        .create(&config_map("owner", "1"))
+        .await
+        .expect("created");
     let mut stranger = config_map("stranger", "1");
     stranger.metadata.owner_references = Some(vec![OwnerReference {
         api_version: "v1".into(),
         kind: "ConfigMap".into(),
         name: "owner".into(),
-        uid: "x".into(),
+        uid: same_name.metadata.uid.clone().unwrap_or_default(),
         ..OwnerReference::default()
     }]);
     let mut stranger = cms.create(&stranger).await.expect("created");
@@ -379,7 +383,7 @@ async fn a_change_to_an_owned_child_reconciles_its_owner() {
     );
 
     child.data = Some([("v".to_owned(), "2".to_owned())].into());
-    child = cms.replace(&child).await.expect("replaced");
+    cms.replace(&child).await.expect("replaced");
     eventually("owner reconciled after the child changed", || {
         count() > before
     })
@@ -392,7 +396,6 @@ async fn a_change_to_an_owned_child_reconciles_its_owner() {
     .await;
     let _ = stop.send(());
     task.await.expect("controller task");
-    assert!(child.metadata.name.is_some());
     assert!(
         recorder
             .0

@@ -109,14 +109,7 @@ impl<K: ApiObject> InMemoryObjects<K> {
     fn with_table<R>(&self, f: impl FnOnce(&mut Table<K>, &mut Book) -> R) -> R {
         let mut state = self.store.lock();
         let State { tables, book } = &mut *state;
-        let table = tables
-            .entry(TypeId::of::<K>())
-            .or_insert_with(|| Box::new(Table::<K>::new()));
-        match table.as_any_mut().downcast_mut::<Table<K>>() {
-            Some(table) => f(table, book),
-            // Tables are keyed by the TypeId of their own K.
-            None => unreachable!("table registered under another type's TypeId"),
-        }
+        f(table_of::<K>(tables), book)
     }
 
     /// Runs a write on this kind's table, then garbage-collects the
@@ -127,13 +120,7 @@ impl<K: ApiObject> InMemoryObjects<K> {
     ) -> Result<R, StoreError> {
         let mut state = self.store.lock();
         let State { tables, book } = &mut *state;
-        let table = tables
-            .entry(TypeId::of::<K>())
-            .or_insert_with(|| Box::new(Table::<K>::new()));
-        let Some(table) = table.as_any_mut().downcast_mut::<Table<K>>() else {
-            unreachable!("table registered under another type's TypeId")
-        };
-        let (result, removed) = f(table, book)?;
+        let (result, removed) = f(table_of::<K>(tables), book)?;
         collect_garbage(tables, book, removed);
         Ok(result)
     }
@@ -169,6 +156,18 @@ trait AnyTable: Send {
     /// references, or deletes it if no owner is left. Returns the uid of
     /// the object if it was removed.
     fn collect(&mut self, key: &ObjectKey, book: &mut Book) -> Option<String>;
+}
+
+/// This kind's table, created on first use.
+fn table_of<K: ApiObject>(tables: &mut HashMap<TypeId, Box<dyn AnyTable>>) -> &mut Table<K> {
+    let table = tables
+        .entry(TypeId::of::<K>())
+        .or_insert_with(|| Box::new(Table::<K>::new()));
+    match table.as_any_mut().downcast_mut::<Table<K>>() {
+        Some(table) => table,
+        // Tables are keyed by the TypeId of their own K.
+        None => unreachable!("table registered under another type's TypeId"),
+    }
 }
 
 fn collect_garbage(
@@ -219,6 +218,23 @@ fn conflict<K: ApiObject>(key: &ObjectKey, reason: String) -> StoreError {
         kind: K::kind_name(),
         key: key.to_string(),
         reason,
+    }
+}
+
+/// Fails unless `expected` is the resourceVersion of `stored`.
+fn check_resource_version<K: ApiObject>(
+    key: &ObjectKey,
+    expected: &str,
+    stored: &K,
+) -> Result<(), StoreError> {
+    let actual = stored.meta().resource_version.as_deref().unwrap_or("");
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(conflict::<K>(
+            key,
+            format!("resourceVersion {expected} is not the stored {actual}"),
+        ))
     }
 }
 
@@ -307,6 +323,7 @@ fn patch_precondition(patch: &Value) -> Option<&str> {
         .and_then(Value::as_str)
 }
 
+const MAX_GENERATE_NAME_PREFIX: usize = 58;
 const GENERATE_NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 fn random_suffix() -> String {
@@ -370,7 +387,27 @@ impl<K: ApiObject> Table<K> {
         obj.meta_mut().resource_version = Some(book.next_resource_version());
         self.objects.insert(key.clone(), obj.clone());
         self.notify(WatchEvent::Modified(obj.clone()));
-        (obj, Vec::new())
+        let removed = self.collect_if_orphaned(key, book);
+        let latest = self.objects.get(key).cloned().unwrap_or(obj);
+        (latest, removed)
+    }
+
+    /// Garbage-collects an object just written with an owner reference to
+    /// an object that does not exist (any more), as the API server's
+    /// garbage collector would. Returns the uids removed.
+    fn collect_if_orphaned(&mut self, key: &ObjectKey, book: &mut Book) -> Vec<String> {
+        let dangling = self.objects.get(key).is_some_and(|o| {
+            o.meta()
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|r| !book.uids.contains(&r.uid))
+        });
+        if dangling {
+            self.collect(key, book).into_iter().collect()
+        } else {
+            Vec::new()
+        }
     }
 
     /// Starts or completes the deletion of an object.
@@ -465,14 +502,46 @@ impl<K: ApiObject> InMemoryObjects<K> {
         Ok(key)
     }
 
-    fn lookup_key(namespace: Option<&str>, name: &str) -> ObjectKey {
-        let namespace = match scope_of::<K>() {
+    /// The namespace a lookup means: none for cluster-scoped kinds.
+    fn scoped_namespace(namespace: Option<&str>) -> Option<String> {
+        match scope_of::<K>() {
             ScopeKind::Cluster => None,
             _ => namespace.filter(|n| !n.is_empty()).map(str::to_owned),
-        };
+        }
+    }
+
+    fn lookup_key(namespace: Option<&str>, name: &str) -> ObjectKey {
         ObjectKey {
-            namespace,
+            namespace: Self::scoped_namespace(namespace),
             name: name.to_owned(),
+        }
+    }
+
+    /// `current` with a JSON merge patch applied. A patch that does not fit
+    /// the kind's schema, or renames the object, is invalid.
+    fn merge_patch(current: &K, patch: &Value, key: &ObjectKey) -> Result<K, StoreError> {
+        let mut value = to_json(current, key)?;
+        json_patch::merge(&mut value, patch);
+        let patched: K = serde_json::from_value(value).map_err(|e| {
+            invalid::<K>(
+                key,
+                FieldError::new(
+                    format!("patch does not fit the {} schema: {e}", K::kind_name()),
+                    "",
+                ),
+            )
+        })?;
+        let mut errs = FieldError::none();
+        if patched.meta().name.as_deref() != Some(key.name.as_str()) {
+            errs.push(FieldError::new("field is immutable", "metadata.name"));
+        }
+        if Self::scoped_namespace(patched.meta().namespace.as_deref()) != key.namespace {
+            errs.push(FieldError::new("field is immutable", "metadata.namespace"));
+        }
+        if errs.is_empty() {
+            Ok(patched)
+        } else {
+            Err(invalid::<K>(key, errs))
         }
     }
 
@@ -495,16 +564,7 @@ impl<K: ApiObject> InMemoryObjects<K> {
                         .with_details("an update must say which version of the object it changes"),
                 ));
             }
-            Some(rv) if Some(rv) != current_meta.resource_version.as_deref() => {
-                return Err(conflict::<K>(
-                    key,
-                    format!(
-                        "resourceVersion {rv} is not the stored {}",
-                        current_meta.resource_version.as_deref().unwrap_or("")
-                    ),
-                ));
-            }
-            Some(_) => {}
+            Some(rv) => check_resource_version(key, rv, &current)?,
         }
         if let Some(uid) = meta.uid.as_deref().filter(|u| !u.is_empty())
             && Some(uid) != current_meta.uid.as_deref()
@@ -572,19 +632,11 @@ impl<K: ApiObject> InMemoryObjects<K> {
         precondition: Option<&str>,
     ) -> Result<K, StoreError> {
         let current = table.get(key)?.clone();
-        if let Some(rv) = precondition
-            && Some(rv) != current.meta().resource_version.as_deref()
-        {
-            return Err(conflict::<K>(
-                key,
-                format!(
-                    "resourceVersion {rv} is not the stored {}",
-                    current.meta().resource_version.as_deref().unwrap_or("")
-                ),
-            ));
+        if let Some(rv) = precondition {
+            check_resource_version(key, rv, &current)?;
         }
         let next = with_status_of(&current, status_source, key)?;
-        if to_json(&next, key)? == to_json(&current, key)? {
+        if to_json(&next, key)?.get("status") == to_json(&current, key)?.get("status") {
             return Ok(current);
         }
         let (stored, _) = table.commit_update(key, next, book);
@@ -606,7 +658,8 @@ impl<K: ApiObject> Objects<K> for InMemoryObjects<K> {
         namespace: Option<&str>,
         selector: &Selector,
     ) -> Result<Vec<K>, StoreError> {
-        let namespace = namespace.filter(|n| !n.is_empty());
+        let namespace = Self::scoped_namespace(namespace);
+        let namespace = namespace.as_deref();
         Ok(self.with_table(|table, _| {
             table
                 .objects
@@ -644,7 +697,10 @@ impl<K: ApiObject> Objects<K> for InMemoryObjects<K> {
         let mut stored = with_status_of(obj, &Value::Null, &key).unwrap_or_else(|_| obj.clone());
         self.write(|table, book| {
             if key.name.is_empty() {
-                let prefix = meta.generate_name.clone().unwrap_or_default();
+                let mut prefix = meta.generate_name.clone().unwrap_or_default();
+                // The API server keeps at most 58 characters of the prefix so
+                // that prefix + suffix fits in a 63-character label.
+                prefix.truncate(MAX_GENERATE_NAME_PREFIX);
                 key.name = loop {
                     let candidate = format!("{prefix}{}", random_suffix());
                     let probe = ObjectKey {
@@ -674,7 +730,8 @@ impl<K: ApiObject> Objects<K> for InMemoryObjects<K> {
             book.uids.insert(uid);
             table.objects.insert(key.clone(), stored.clone());
             table.notify(WatchEvent::Added(stored.clone()));
-            Ok((stored, Vec::new()))
+            let removed = table.collect_if_orphaned(&key, book);
+            Ok((stored, removed))
         })
     }
 
@@ -722,9 +779,7 @@ impl<K: ApiObject> Objects<K> for InMemoryObjects<K> {
         }
         self.write(|table, book| {
             let current = table.get(&key)?.clone();
-            let mut value = to_json(&current, &key)?;
-            json_patch::merge(&mut value, patch);
-            let mut desired: K = from_json(value, &key)?;
+            let mut desired = Self::merge_patch(&current, patch, &key)?;
             // The precondition, if any, was merged in; otherwise patch the current version.
             if patch_precondition(patch).is_none() {
                 desired.meta_mut().resource_version = current.meta().resource_version.clone();
@@ -749,15 +804,10 @@ impl<K: ApiObject> Objects<K> for InMemoryObjects<K> {
         }
         self.write(|table, book| {
             let current = table.get(&key)?.clone();
-            let mut value = to_json(&current, &key)?;
-            if let Some(status_patch) = patch.get("status") {
-                let mut patched = serde_json::json!({ "status": value.get("status").cloned().unwrap_or(Value::Null) });
-                json_patch::merge(&mut patched, &serde_json::json!({ "status": status_patch }));
-                value = patched;
-            } else {
-                value = serde_json::json!({ "status": value.get("status").cloned().unwrap_or(Value::Null) });
-            }
-            Self::update_status(table, book, &key, &value, patch_precondition(patch)).map(|o| (o, Vec::new()))
+            // Only the status of the patched object is taken.
+            let patched = to_json(&Self::merge_patch(&current, patch, &key)?, &key)?;
+            Self::update_status(table, book, &key, &patched, patch_precondition(patch))
+                .map(|o| (o, Vec::new()))
         })
     }
 
@@ -769,9 +819,10 @@ impl<K: ApiObject> Objects<K> for InMemoryObjects<K> {
 
     #[tracing::instrument(level = "debug", skip(self), fields(kind = %K::kind_name()))]
     async fn watch(&self, namespace: Option<&str>) -> Result<Watch<K>, StoreError> {
-        let namespace = namespace.filter(|n| !n.is_empty()).map(str::to_owned);
+        let namespace = Self::scoped_namespace(namespace);
         let (sender, receiver) = mpsc::unbounded_channel();
         let initial = self.with_table(|table, _| {
+            table.watchers.retain(|w| !w.sender.is_closed());
             table.watchers.push(Watcher {
                 namespace: namespace.clone(),
                 sender,

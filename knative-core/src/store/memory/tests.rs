@@ -144,6 +144,39 @@ async fn cluster_scoped_kinds_ignore_namespaces() {
 }
 
 #[tokio::test]
+async fn list_and_watch_of_a_cluster_scoped_kind_ignore_the_namespace() {
+    let namespaces = InMemoryObjects::<Namespace>::new();
+    let mut watch = namespaces.watch(Some("default")).await.expect("watch");
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some("team-a".into()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    namespaces.create(&ns).await.expect("created");
+    let listed = namespaces
+        .list(Some("default"), &Selector::default())
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 1);
+    assert!(matches!(
+        watch.events.next().await,
+        Some(Ok(WatchEvent::Added(_)))
+    ));
+}
+
+#[tokio::test]
+async fn long_generate_names_are_cut_to_fit_a_dns_label() {
+    let cms = InMemoryObjects::<ConfigMap>::new();
+    let mut cm = config_map("");
+    cm.metadata.name = None;
+    cm.metadata.generate_name = Some("a".repeat(70));
+    let created = cms.create(&cm).await.expect("created");
+    assert_eq!(created.metadata.name.map(|n| n.len()), Some(63));
+}
+
+#[tokio::test]
 async fn generate_name_appends_a_random_suffix() {
     let cms = InMemoryObjects::<ConfigMap>::new();
     let mut cm = config_map("");
@@ -193,11 +226,10 @@ async fn replace_without_resource_version_is_invalid() {
             .contains("metadata.resourceVersion: missing field"),
         "{err}"
     );
-    let err = cms
-        .replace(&config_map("missing"))
-        .await
-        .expect_err("absent");
-    assert!(err.is_not_found() || matches!(err, StoreError::Invalid { .. }));
+    let mut missing = config_map("missing");
+    missing.metadata.resource_version = Some("1".into());
+    let err = cms.replace(&missing).await.expect_err("absent");
+    assert!(err.is_not_found(), "{err}");
 }
 
 #[tokio::test]
@@ -338,6 +370,52 @@ async fn patch_status_merges_and_checks_its_precondition() {
         .await
         .expect_err("stale precondition");
     assert!(err.is_conflict(), "{err}");
+}
+
+#[tokio::test]
+async fn a_patch_that_does_not_fit_the_schema_or_renames_is_invalid() {
+    let deployments = InMemoryObjects::<Deployment>::new();
+    deployments
+        .create(&deployment("hello", 1))
+        .await
+        .expect("created");
+    let err = deployments
+        .patch(
+            Some("default"),
+            "hello",
+            &json!({"spec": {"replicas": "three"}}),
+        )
+        .await
+        .expect_err("wrong type");
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::Invalid { .. }), "{text}");
+    assert!(
+        text.contains("patch does not fit the Deployment schema"),
+        "{text}"
+    );
+    assert!(text.contains("invalid type: string \"three\""), "{text}");
+    let err = deployments
+        .patch(
+            Some("default"),
+            "hello",
+            &json!({"metadata": {"name": "other"}}),
+        )
+        .await
+        .expect_err("rename");
+    assert!(
+        err.to_string()
+            .contains("metadata.name: field is immutable"),
+        "{err}"
+    );
+    let err = deployments
+        .patch(Some("default"), "hello", &json!(["not", "an", "object"]))
+        .await
+        .expect_err("not an object");
+    assert!(
+        err.to_string()
+            .contains("a merge patch must be a JSON object"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -500,6 +578,79 @@ async fn deleting_an_owner_cascades_to_its_dependents_across_kinds() {
         .collect();
     assert_eq!(owners, ["other"], "the dangling reference is dropped");
     assert!(cms.get(Some("default"), "unrelated").await.is_ok());
+}
+
+#[tokio::test]
+async fn an_object_created_for_an_owner_that_is_gone_is_collected() {
+    let store = InMemoryStore::new();
+    let deployments = store.objects::<Deployment>();
+    let cms = store.objects::<ConfigMap>();
+    let owner = deployments
+        .create(&deployment("owner", 1))
+        .await
+        .expect("created");
+    deployments
+        .delete(Some("default"), "owner")
+        .await
+        .expect("deleted");
+    // A reconcile that still had the owner in its cache creates a child.
+    let mut watch = cms.watch(None).await.expect("watch");
+    let late = cms
+        .create(&owned_by(config_map("late-child"), &owner))
+        .await
+        .expect("created");
+    assert!(late.metadata.uid.is_some());
+    assert!(
+        cms.get(Some("default"), "late-child")
+            .await
+            .expect_err("collected")
+            .is_not_found()
+    );
+    assert!(matches!(
+        watch.events.next().await,
+        Some(Ok(WatchEvent::Added(_)))
+    ));
+    assert!(matches!(
+        watch.events.next().await,
+        Some(Ok(WatchEvent::Deleted(_)))
+    ));
+}
+
+#[tokio::test]
+async fn a_child_of_a_terminating_owner_stays_until_the_owner_is_gone() {
+    let store = InMemoryStore::new();
+    let deployments = store.objects::<Deployment>();
+    let cms = store.objects::<ConfigMap>();
+    let mut d = deployment("owner", 1);
+    d.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    let owner = deployments.create(&d).await.expect("created");
+    cms.create(&owned_by(config_map("child"), &owner))
+        .await
+        .expect("created");
+    let terminating = match deployments
+        .delete(Some("default"), "owner")
+        .await
+        .expect("delete")
+    {
+        Deletion::Terminating(d) => d,
+        other => panic!("expected terminating, got {other:?}"),
+    };
+    assert!(
+        cms.get(Some("default"), "child").await.is_ok(),
+        "owner still exists"
+    );
+    let mut release = terminating;
+    release.metadata.finalizers = None;
+    deployments
+        .replace(&release)
+        .await
+        .expect("finalizer removed");
+    assert!(
+        cms.get(Some("default"), "child")
+            .await
+            .expect_err("collected with its owner")
+            .is_not_found()
+    );
 }
 
 #[tokio::test]
