@@ -367,9 +367,9 @@ impl<K: ApiObject> Table<K> {
         Some((obj, uid))
     }
 
-    /// Stores `obj` as the new version of an existing object, or removes it if
-    /// it is terminating and has no finalizer left. `changed_spec` bumps the
-    /// generation. Returns the stored object and the uids removed.
+    /// Stores `obj` (generation already decided by the caller) as the new
+    /// version of an existing object, or removes it if it is terminating and
+    /// has no finalizer left. Returns the stored object and the uids removed.
     fn commit_update(&mut self, key: &ObjectKey, mut obj: K, book: &mut Book) -> (K, Vec<String>) {
         let terminating = obj.meta().deletion_timestamp.is_some();
         let finalizers_left = obj
