@@ -520,6 +520,12 @@ impl<K: ApiObject> InMemoryObjects<K> {
     /// `current` with a JSON merge patch applied. A patch that does not fit
     /// the kind's schema, or renames the object, is invalid.
     fn merge_patch(current: &K, patch: &Value, key: &ObjectKey) -> Result<K, StoreError> {
+        if !patch.is_object() {
+            return Err(invalid::<K>(
+                key,
+                FieldError::new("a merge patch must be a JSON object", ""),
+            ));
+        }
         let mut value = to_json(current, key)?;
         json_patch::merge(&mut value, patch);
         let patched: K = serde_json::from_value(value).map_err(|e| {
@@ -771,12 +777,6 @@ impl<K: ApiObject> Objects<K> for InMemoryObjects<K> {
         patch: &Value,
     ) -> Result<K, StoreError> {
         let key = Self::lookup_key(namespace, name);
-        if !patch.is_object() {
-            return Err(invalid::<K>(
-                &key,
-                FieldError::new("a merge patch must be a JSON object", ""),
-            ));
-        }
         self.write(|table, book| {
             let current = table.get(&key)?.clone();
             let mut desired = Self::merge_patch(&current, patch, &key)?;
@@ -796,12 +796,6 @@ impl<K: ApiObject> Objects<K> for InMemoryObjects<K> {
         patch: &Value,
     ) -> Result<K, StoreError> {
         let key = Self::lookup_key(namespace, name);
-        if !patch.is_object() {
-            return Err(invalid::<K>(
-                &key,
-                FieldError::new("a merge patch must be a JSON object", ""),
-            ));
-        }
         self.write(|table, book| {
             let current = table.get(&key)?.clone();
             // Only the status of the patched object is taken.
