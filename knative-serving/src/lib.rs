@@ -1,18 +1,18 @@
 //! # knative-serving
 //!
 //! Knative Serving as a library: request-driven workloads that scale from
-//! zero and split traffic between immutable revisions.
+//! zero and split traffic between immutable revisions
+//! (`specs/SERVING.md` is the behaviour it implements).
 //!
-//! This crate is being built; today it holds only this description of what
-//! it will contain (`specs/SERVING.md` is the behaviour it implements):
+//! | module | what it holds |
+//! |---|---|
+//! | [`api`] | `serving.knative.dev/v1` Service, Configuration, Revision, Route: types, defaults, validation (§1–§2) |
+//! | [`config`] | `config-defaults`, `config-network`, `config-domain` as typed configuration |
+//! | [`backend`] | the `WorkloadBackend` trait and local processes as its embedded implementation |
 //!
-//! - `api`: `serving.knative.dev/v1` Service, Configuration, Revision and
-//!   Route with upstream field names, defaulting and path-aware validation
-//!   (§1–§2).
-//! - `reconciler`: one reconciler per kind over `knative_core::store::Objects`,
-//!   with pure `desired_*` functions (§1–§2).
-//! - `autoscaling`: the KPA decider and PodAutoscaler state machines, a
-//!   pluggable `ScalingPolicy`, proptest strategies and a load simulator (§3).
-//! - `dataplane`: ingress, activator and queue-proxy on hyper (§4).
-//! - `backend`: the `WorkloadBackend` trait any runtime implements, and local
-//!   processes as its embedded implementation.
+//! Still to come: the KPA autoscaler (`autoscaling`, §3) and the data plane
+//! (`dataplane`: ingress, activator, queue-proxy, §4).
+
+pub mod api;
+pub mod backend;
+pub mod config;

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use md5::Digest;
+
 use super::FieldError;
 
 /// Longest RFC 1123 label (a Service or Route name must fit in one DNS label).
@@ -44,6 +46,52 @@ pub fn validate_dns1123_label(value: &str, path: &str) -> FieldError {
         );
     }
     FieldError::none()
+}
+
+/// Checks an RFC 1035 label: like an RFC 1123 label but starting with a
+/// letter (tags, Service and Route names, which become hostnames).
+pub fn validate_dns1035_label(value: &str, path: &str) -> FieldError {
+    if value.len() > DNS1123_LABEL_MAX_LEN {
+        return FieldError::invalid_value(value, path).with_details(format!(
+            "must be no more than {DNS1123_LABEL_MAX_LEN} characters"
+        ));
+    }
+    if !label_shape_ok(value) || !value.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return FieldError::invalid_value(value, path).with_details(
+            "a DNS-1035 label must consist of lower case alphanumeric characters or '-', \
+             start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name')",
+        );
+    }
+    FieldError::none()
+}
+
+/// The name of a child object: `parent + suffix`, or, when that is longer
+/// than 63 characters, a prefix of `parent`, the 32-hex MD5 of `parent` and
+/// `suffix` (upstream's `kmeta.ChildName`).
+pub fn child_name(parent: &str, suffix: &str) -> String {
+    const LONGEST: usize = DNS1123_LABEL_MAX_LEN;
+    const HEAD: usize = LONGEST - 32;
+    if parent.len() + suffix.len() <= LONGEST {
+        return format!("{parent}{suffix}");
+    }
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    if HEAD <= suffix.len() {
+        // The suffix alone leaves no room: hash everything.
+        let hash = hex(&md5::Md5::digest(format!("{parent}{suffix}").as_bytes()));
+        let mut name: String = parent.chars().take(HEAD).collect();
+        name.push_str(&hash);
+        let room = LONGEST.saturating_sub(name.len());
+        name.extend(suffix.chars().take(room));
+        return name
+            .trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
+            .to_owned();
+    }
+    let keep = HEAD - suffix.len();
+    let head: String = parent.chars().take(keep).collect();
+    format!(
+        "{head}{}{suffix}",
+        hex(&md5::Md5::digest(parent.as_bytes()))
+    )
 }
 
 /// Checks an RFC 1123 subdomain: at most 253 characters, dot-separated RFC 1123 labels.
@@ -191,6 +239,31 @@ mod tests {
             assert!(!err.is_empty(), "{bad:?} should be rejected");
             assert!(err.to_string().starts_with("metadata.name: invalid value"));
         }
+    }
+
+    #[test]
+    fn dns_1035_labels_start_with_a_letter() {
+        assert!(validate_dns1035_label("canary", "tag").is_empty());
+        assert!(!validate_dns1035_label("1canary", "tag").is_empty());
+        assert!(!validate_dns1035_label("Canary", "tag").is_empty());
+    }
+
+    #[test]
+    fn child_names_fit_in_63_characters() {
+        assert_eq!(child_name("hello", "-00001"), "hello-00001");
+        let long = "a".repeat(60);
+        let name = child_name(&long, "-00001");
+        assert_eq!(name.len(), 63);
+        assert!(name.starts_with(&"a".repeat(25)));
+        assert!(name.ends_with("-00001"));
+        // 25 kept characters, then the MD5 of the whole parent.
+        assert_eq!(&name[25..57], "cc7ed669cf88f201c3297c6a91e1d18d");
+        assert_ne!(
+            child_name(&"b".repeat(60), "-00001"),
+            name,
+            "different parents differ"
+        );
+        assert!(child_name("p", &"s".repeat(40)).len() <= 63);
     }
 
     #[test]

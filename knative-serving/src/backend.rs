@@ -1,0 +1,152 @@
+//! The [`WorkloadBackend`] trait: how a revision's replicas run on some
+//! runtime (local processes, Kubernetes Deployments, VMs, …).
+//!
+//! The revision reconciler describes what should run with a
+//! [`WorkloadSpec`], asks for a number of replicas with
+//! [`WorkloadBackend::scale`], and follows [`WorkloadStatus`] through a
+//! watch channel: ready endpoints for the data plane, replica counts for
+//! `status.actualReplicas`, and failures for `ContainerHealthy` /
+//! `ResourcesAvailable` (`specs/SERVING.md §1`).
+
+pub mod local;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::Container;
+use tokio::sync::watch;
+
+/// Identifies one revision's workload.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkloadKey {
+    /// The revision's namespace.
+    pub namespace: String,
+    /// The revision's name.
+    pub revision: String,
+}
+
+impl WorkloadKey {
+    /// The key of revision `revision` in `namespace`.
+    pub fn new(namespace: impl Into<String>, revision: impl Into<String>) -> Self {
+        WorkloadKey {
+            namespace: namespace.into(),
+            revision: revision.into(),
+        }
+    }
+}
+
+impl fmt::Display for WorkloadKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.revision)
+    }
+}
+
+/// Everything a backend needs to run a revision's replicas.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkloadSpec {
+    /// Which revision this is.
+    pub key: WorkloadKey,
+    /// The revision's containers as written in its spec.
+    pub containers: Vec<Container>,
+    /// Index in `containers` of the serving container (the one with a port,
+    /// or the only one).
+    pub serving_container: usize,
+    /// The port the serving container listens on inside its sandbox
+    /// (`containerPort`, default 8080). Backends that give each replica its
+    /// own port tell the process through the `PORT` variable.
+    pub container_port: u16,
+    /// Labels for the replicas (the revision's labels plus
+    /// `serving.knative.dev/revision`).
+    pub labels: BTreeMap<String, String>,
+    /// How long a replica gets between SIGTERM and SIGKILL
+    /// (`timeoutSeconds` in Knative).
+    pub termination_grace_period: Duration,
+}
+
+/// One replica that is ready to take requests.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// A stable name for the replica (e.g. `hello-00001-1`).
+    pub replica: String,
+    /// Where it listens.
+    pub address: SocketAddr,
+}
+
+/// Why replicas are not (all) running.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadFailure {
+    /// One CamelCase word, e.g. `ExitCode1`, `ContainerMissing`.
+    pub reason: String,
+    /// A human-readable explanation.
+    pub message: String,
+    /// Whether the problem is in the container itself (crash, bad command:
+    /// reported as `ContainerHealthy=False`) rather than in getting
+    /// resources (reported as `ResourcesAvailable=False`).
+    pub container: bool,
+}
+
+/// What a backend reports about one workload.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkloadStatus {
+    /// Replicas asked for with the last [`WorkloadBackend::scale`].
+    pub desired: u32,
+    /// Replicas that exist (started, whether ready or not).
+    pub actual: u32,
+    /// Replicas that are ready, with their addresses.
+    pub ready: Vec<Endpoint>,
+    /// The latest failure, cleared when a replica becomes ready again.
+    pub failure: Option<WorkloadFailure>,
+}
+
+/// Why a backend call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The spec cannot run on this backend; the message says why and what to do.
+    #[error("{key}: {message}")]
+    Unsupported {
+        /// The workload.
+        key: WorkloadKey,
+        /// What is wrong.
+        message: String,
+    },
+    /// No workload with this key was ensured.
+    #[error("workload {0} does not exist")]
+    NotFound(WorkloadKey),
+    /// The runtime failed.
+    #[error("{key}: {message}")]
+    Runtime {
+        /// The workload.
+        key: WorkloadKey,
+        /// What failed.
+        message: String,
+        /// The underlying error.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+/// Runs revisions' replicas on some runtime.
+///
+/// Calls are idempotent: `ensure` with the same spec and `scale` to the
+/// current count change nothing.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait WorkloadBackend: Send + Sync {
+    /// Creates (or updates) the workload without starting replicas beyond
+    /// its current scale.
+    async fn ensure(&self, spec: &WorkloadSpec) -> Result<(), BackendError>;
+
+    /// Runs `replicas` replicas: starts missing ones, stops extra ones
+    /// gracefully (SIGTERM, then SIGKILL after the grace period).
+    async fn scale(&self, key: &WorkloadKey, replicas: u32) -> Result<(), BackendError>;
+
+    /// Stops every replica and forgets the workload. Removing an unknown
+    /// workload is not an error.
+    async fn remove(&self, key: &WorkloadKey) -> Result<(), BackendError>;
+
+    /// Follows the workload's status; the receiver sees every change.
+    fn status(&self, key: &WorkloadKey) -> Result<watch::Receiver<WorkloadStatus>, BackendError>;
+}
