@@ -128,10 +128,14 @@ pub struct RevisionStatus {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RevisionTemplateSpec {
     /// Labels, annotations and an optional revision name ("bring your own").
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_empty_meta")]
     pub metadata: ObjectMeta,
     /// What the revision runs.
     pub spec: RevisionSpec,
+}
+
+fn is_empty_meta(meta: &ObjectMeta) -> bool {
+    *meta == ObjectMeta::default()
 }
 
 fn serving_config(ctx: &Context<'_>) -> ServingConfig {
