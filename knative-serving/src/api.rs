@@ -104,6 +104,22 @@ pub mod keys {
     pub const KUBECTL_LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 }
 
+macro_rules! impl_is_ready {
+    ($($kind:ty),*) => {$(
+        impl $kind {
+            /// Whether a client may treat it as ready: its controller observed
+            /// the current generation and its `Ready` condition is `True`.
+            pub fn is_ready(&self) -> bool {
+                self.status.as_ref().is_some_and(|s| {
+                    s.status.is_ready(self.metadata.generation, knative_core::condition::READY)
+                })
+            }
+        }
+    )*};
+}
+
+impl_is_ready!(Service, Configuration, Revision, Route);
+
 /// The value of a Revision's `serving.knative.dev/routingState` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RoutingState {

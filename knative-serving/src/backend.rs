@@ -147,6 +147,59 @@ pub trait WorkloadBackend: Send + Sync {
     /// workload is not an error.
     async fn remove(&self, key: &WorkloadKey) -> Result<(), BackendError>;
 
-    /// Follows the workload's status; the receiver sees every change.
+    /// Follows the workload's status: the receiver holds the latest value
+    /// and is notified after each change (a slow reader may skip brief states).
     fn status(&self, key: &WorkloadKey) -> Result<watch::Receiver<WorkloadStatus>, BackendError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use mockall::predicate::eq;
+    use tokio::sync::watch;
+
+    use super::*;
+
+    /// A caller works against the mock: it ensures, scales and reads the
+    /// status it is given.
+    #[tokio::test]
+    async fn mock_backend_records_calls_and_returns_status() -> Result<(), BackendError> {
+        let key = WorkloadKey::new("default", "hello-00001");
+        let spec = WorkloadSpec {
+            key: key.clone(),
+            containers: vec![Container::default()],
+            serving_container: 0,
+            container_port: 8080,
+            labels: BTreeMap::new(),
+            termination_grace_period: Duration::from_secs(30),
+        };
+        let (status_tx, status_rx) = watch::channel(WorkloadStatus::default());
+        let mut backend = MockWorkloadBackend::new();
+        backend
+            .expect_ensure()
+            .withf(|s| s.key.revision == "hello-00001")
+            .times(1)
+            .returning(|_| Ok(()));
+        backend
+            .expect_scale()
+            .with(eq(key.clone()), eq(2))
+            .times(1)
+            .returning(|_, _| Ok(()));
+        backend
+            .expect_status()
+            .returning(move |_| Ok(status_rx.clone()));
+        let backend: &dyn WorkloadBackend = &backend;
+        backend.ensure(&spec).await?;
+        backend.scale(&key, 2).await?;
+        status_tx.send_replace(WorkloadStatus {
+            desired: 2,
+            actual: 2,
+            ..WorkloadStatus::default()
+        });
+        let status = backend.status(&key)?.borrow().clone();
+        assert_eq!((status.desired, status.actual), (2, 2));
+        Ok(())
+    }
 }

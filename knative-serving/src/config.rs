@@ -10,8 +10,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use knative_core::duration;
-
 /// A ConfigMap value that could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("ConfigMap {config_map} key {key:?}: invalid value {value:?}: {reason}")]
@@ -206,7 +204,7 @@ pub struct Network {
     pub domain: String,
     /// The domain of cluster-local routes (`svc.cluster.local`).
     pub cluster_local_domain: String,
-    /// `rollout-duration` in seconds (0 = traffic moves at once).
+    /// `rollout-duration`, whole seconds (0 = traffic moves at once).
     pub rollout_duration: Duration,
     /// `tag-header-based-routing` (from `config-features`): route requests
     /// with `Knative-Serving-Tag: <tag>` to that tag.
@@ -287,18 +285,13 @@ impl Network {
     }
 }
 
-/// A rollout duration: whole seconds (`"120"`) or a Go duration (`"2m"`).
-pub(crate) fn parse_rollout_duration(value: &str) -> Result<Duration, String> {
-    let value = value.trim();
-    let parsed = match value.parse::<i64>() {
+/// `config-network`'s `rollout-duration`: whole seconds, as upstream reads it.
+fn parse_rollout_duration(value: &str) -> Result<Duration, String> {
+    match value.trim().parse::<i64>() {
         Ok(secs) if secs >= 0 => Ok(Duration::from_secs(secs.unsigned_abs())),
         Ok(_) => Err("must not be negative".to_owned()),
-        Err(_) => duration::parse_go(value).map_err(|e| e.reason().to_owned()),
-    }?;
-    if parsed.subsec_nanos() != 0 {
-        return Err("must be a whole number of seconds".to_owned());
+        Err(_) => Err("expected a whole number of seconds".to_owned()),
     }
-    Ok(parsed)
 }
 
 /// Checks that a Go-style template only uses `{{.Field}}` placeholders from `fields`.
@@ -343,6 +336,8 @@ pub struct ServingConfig {
     pub defaults: Defaults,
     /// `config-network` and `config-domain`.
     pub network: Network,
+    /// `config-gc`.
+    pub gc: crate::reconciler::gc::GcConfig,
 }
 
 #[cfg(test)]
@@ -416,9 +411,7 @@ mod tests {
         );
         let n = Network::from_config_map(&data(&[("rollout-duration", "120")])).expect("seconds");
         assert_eq!(n.rollout_duration, Duration::from_secs(120));
-        let n =
-            Network::from_config_map(&data(&[("rollout-duration", "2m")])).expect("go duration");
-        assert_eq!(n.rollout_duration, Duration::from_secs(120));
+        assert!(Network::from_config_map(&data(&[("rollout-duration", "2m")])).is_err());
         assert!(Network::from_config_map(&data(&[("rollout-duration", "-3")])).is_err());
     }
 }

@@ -1,0 +1,148 @@
+//! `knative-sample-app`: a tiny HTTP server to try Knative Serving backends
+//! with (the local-process backend runs it as a revision's container).
+//!
+//! It listens on `0.0.0.0:$PORT` (default 8080) and answers:
+//!
+//! - `GET /`: `Hello {TARGET}!` (`TARGET` defaults to `World`);
+//! - `GET /healthz`: `ok`;
+//! - `GET /env/<NAME>`: the value of variable `NAME`, 404 if it is unset;
+//! - `GET /exit/<code>`: answers, then exits with `code` shortly after;
+//! - `GET /sleep/<ms>`: waits `ms` milliseconds, then answers;
+//! - `GET /print/<n>`: prints `line 1` … `line n` to stdout.
+//!
+//! `STARTUP_DELAY_MS` delays binding the port (to see readiness probes at
+//! work). On start it prints `listening on <address> (pid <pid>)` to stdout.
+//! SIGTERM shuts it down gracefully: it stops accepting, lets requests in
+//! flight finish and exits with code 0.
+
+use std::convert::Infallible;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let port: u16 = env_parse("PORT").unwrap_or(8080);
+    let mut terminate = signal(SignalKind::terminate())?;
+    if let Some(ms) = env_parse::<u64>("STARTUP_DELAY_MS") {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(ms)) => {}
+            _ = terminate.recv() => return Ok(()),
+        }
+    }
+    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).await?;
+    let (address, pid) = (listener.local_addr()?, std::process::id());
+    println!("listening on {address} (pid {pid})");
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        eprintln!("accept failed: {error}");
+                        continue;
+                    }
+                };
+                let mut shutdown = shutdown_rx.clone();
+                connections.spawn(async move {
+                    let conn = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service_fn(handle));
+                    let mut conn = std::pin::pin!(conn);
+                    let mut draining = false;
+                    loop {
+                        tokio::select! {
+                            result = conn.as_mut() => {
+                                if let Err(error) = result {
+                                    eprintln!("connection error: {error}");
+                                }
+                                break;
+                            }
+                            _ = shutdown.wait_for(|stop| *stop), if !draining => {
+                                draining = true;
+                                conn.as_mut().graceful_shutdown();
+                            }
+                        }
+                    }
+                });
+            }
+        }
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    eprintln!("SIGTERM: shutting down");
+    let _ = shutdown_tx.send(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Answers one request.
+async fn handle(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if request.method() != Method::GET {
+        return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into()));
+    }
+    let path = request.uri().path();
+    let (status, body) = if path == "/" {
+        let target = std::env::var("TARGET").unwrap_or_else(|_| "World".into());
+        (StatusCode::OK, format!("Hello {target}!\n"))
+    } else if path == "/healthz" {
+        (StatusCode::OK, "ok".into())
+    } else if let Some(name) = path.strip_prefix("/env/") {
+        match std::env::var(name) {
+            Ok(value) => (StatusCode::OK, value),
+            Err(_) => (StatusCode::NOT_FOUND, format!("{name} is not set\n")),
+        }
+    } else if let Some(code) = path
+        .strip_prefix("/exit/")
+        .and_then(|c| c.parse::<i32>().ok())
+    {
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            std::process::exit(code);
+        });
+        (StatusCode::OK, format!("exiting with code {code}\n"))
+    } else if let Some(ms) = path
+        .strip_prefix("/sleep/")
+        .and_then(|m| m.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        (StatusCode::OK, format!("slept {ms} ms\n"))
+    } else if let Some(n) = path
+        .strip_prefix("/print/")
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        for i in 1..=n {
+            println!("line {i}");
+        }
+        (StatusCode::OK, format!("printed {n} lines\n"))
+    } else {
+        (StatusCode::NOT_FOUND, "not found\n".into())
+    };
+    Ok(reply(status, body))
+}
+
+fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+}
+
+fn env_parse<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+}

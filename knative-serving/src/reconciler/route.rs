@@ -1,0 +1,557 @@
+//! Route → resolved traffic, URLs, routing state of revisions, and the
+//! Route's table in the [`RoutingTable`] (`specs/SERVING.md §1–§2`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use knative_core::condition::{ConditionSet, ConditionStatus, READY};
+use knative_core::runtime::{Action, Reconciler};
+use knative_core::store::{ObjectKey, Objects};
+use kube::core::Selector;
+
+use super::{ReconcileError, now_rfc3339};
+use crate::api::{Addressable, Configuration, Revision, Route, RoutingState, TrafficTarget, keys};
+use crate::config::ServingConfig;
+use crate::traffic::{self, ConfigurationState, RoutingTable, TagRoute, TrafficTable};
+
+/// Condition: every traffic target resolved to a ready revision.
+pub const ALL_TRAFFIC_ASSIGNED: &str = "AllTrafficAssigned";
+/// Condition: the data plane serves the Route's traffic table.
+pub const INGRESS_READY: &str = "IngressReady";
+/// Condition: the Route's certificate (none without TLS).
+pub const CERTIFICATE_PROVISIONED: &str = "CertificateProvisioned";
+/// The finalizer that withdraws a Route from the routing table.
+pub const FINALIZER: &str = "routes.serving.knative.dev";
+
+fn condition_set() -> ConditionSet {
+    ConditionSet::living(&[ALL_TRAFFIC_ASSIGNED, INGRESS_READY, CERTIFICATE_PROVISIONED])
+}
+
+/// Which configurations and revisions each Route references, so a change
+/// of one re-queues the Routes that depend on it.
+#[derive(Clone, Debug, Default)]
+pub struct RouteIndex {
+    refs: Arc<Mutex<HashMap<ObjectKey, (HashSet<String>, HashSet<String>)>>>,
+}
+
+impl RouteIndex {
+    fn record(
+        &self,
+        route: ObjectKey,
+        configurations: HashSet<String>,
+        revisions: HashSet<String>,
+    ) {
+        self.refs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(route, (configurations, revisions));
+    }
+
+    fn forget(&self, route: &ObjectKey) {
+        self.refs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(route);
+    }
+
+    fn routes_where(
+        &self,
+        namespace: Option<&str>,
+        matches: impl Fn(&HashSet<String>, &HashSet<String>) -> bool,
+    ) -> Vec<ObjectKey> {
+        self.refs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(key, (configs, revisions))| {
+                key.namespace() == namespace && matches(configs, revisions)
+            })
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    /// Routes that reference configuration `name`.
+    pub fn routes_for_configuration(&self, namespace: Option<&str>, name: &str) -> Vec<ObjectKey> {
+        self.routes_where(namespace, |configs, _| configs.contains(name))
+    }
+
+    /// Routes that reference revision `name` or its configuration.
+    pub fn routes_for_revision(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+        configuration: Option<&str>,
+    ) -> Vec<ObjectKey> {
+        self.routes_where(namespace, |configs, revisions| {
+            revisions.contains(name) || configuration.is_some_and(|c| configs.contains(c))
+        })
+    }
+}
+
+/// Reconciles Routes.
+pub struct RouteReconciler {
+    routes: Arc<dyn Objects<Route>>,
+    configurations: Arc<dyn Objects<Configuration>>,
+    revisions: Arc<dyn Objects<Revision>>,
+    routing: RoutingTable,
+    index: RouteIndex,
+    config: Arc<ServingConfig>,
+}
+
+impl std::fmt::Debug for RouteReconciler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteReconciler").finish_non_exhaustive()
+    }
+}
+
+fn is_cluster_local(route: &Route) -> bool {
+    route
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(keys::VISIBILITY))
+        .is_some_and(|v| v == keys::VISIBILITY_CLUSTER_LOCAL)
+}
+
+/// The route names listed in a revision's `serving.knative.dev/routes` annotation.
+fn routes_of(revision: &Revision) -> Vec<String> {
+    revision
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(keys::ROUTES))
+        .map(|v| {
+            v.split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn routing_state(revision: &Revision) -> Option<RoutingState> {
+    revision
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(keys::ROUTING_STATE))
+        .and_then(|s| RoutingState::parse(s))
+}
+
+/// `revision` with `route` added to or removed from its routes annotation
+/// and its routing state updated; `None` when nothing changes.
+fn relabel(
+    revision: &Revision,
+    route: &str,
+    referenced: bool,
+    keep_pending: bool,
+) -> Option<Revision> {
+    let mut routes = routes_of(revision);
+    let had = routes.iter().any(|r| r == route);
+    if referenced && !had {
+        routes.push(route.to_owned());
+        routes.sort();
+    } else if !referenced && had {
+        routes.retain(|r| r != route);
+    }
+    let state = if !routes.is_empty() {
+        RoutingState::Active
+    } else if keep_pending && routing_state(revision) == Some(RoutingState::Pending) {
+        RoutingState::Pending
+    } else {
+        RoutingState::Reserve
+    };
+    if had == referenced && routing_state(revision) == Some(state) {
+        return None;
+    }
+    let mut updated = revision.clone();
+    let annotations = updated
+        .metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new);
+    if routes.is_empty() {
+        annotations.remove(keys::ROUTES);
+    } else {
+        annotations.insert(keys::ROUTES.to_owned(), routes.join(","));
+    }
+    if routing_state(revision) != Some(state) {
+        annotations.insert(keys::ROUTING_STATE_MODIFIED.to_owned(), now_rfc3339());
+        updated
+            .metadata
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(keys::ROUTING_STATE.to_owned(), state.as_str().to_owned());
+    }
+    Some(updated)
+}
+
+impl RouteReconciler {
+    /// A reconciler over these stores, publishing into `routing`.
+    pub fn new(
+        routes: Arc<dyn Objects<Route>>,
+        configurations: Arc<dyn Objects<Configuration>>,
+        revisions: Arc<dyn Objects<Revision>>,
+        routing: RoutingTable,
+        index: RouteIndex,
+        config: Arc<ServingConfig>,
+    ) -> Self {
+        RouteReconciler {
+            routes,
+            configurations,
+            revisions,
+            routing,
+            index,
+            config,
+        }
+    }
+
+    /// Marks the revisions the route serves `active` (listing the route), and
+    /// the revisions of its configurations it no longer serves `reserve`.
+    async fn label_revisions(
+        &self,
+        route: &Route,
+        served: &HashSet<String>,
+        configurations: &HashMap<String, Configuration>,
+        revisions: &[Revision],
+    ) -> Result<(), ReconcileError> {
+        let route_name = route.metadata.name.clone().unwrap_or_default();
+        for revision in revisions {
+            let name = revision.metadata.name.clone().unwrap_or_default();
+            let config = revision
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(keys::CONFIGURATION))
+                .and_then(|c| configurations.get(c));
+            let listed = routes_of(revision).contains(&route_name);
+            let referenced = served.contains(&name);
+            if !referenced && !listed && config.is_none() {
+                continue;
+            }
+            // The newest revision of a configuration stays pending until it
+            // is served, so it can become ready.
+            let latest_created = config
+                .and_then(|c| c.status.as_ref())
+                .and_then(|s| s.latest_created_revision_name.as_deref())
+                == Some(name.as_str());
+            if let Some(updated) = relabel(revision, &route_name, referenced, latest_created) {
+                match self.revisions.replace(&updated).await {
+                    Err(e) if !e.is_not_found() => return Err(e.into()),
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn finalize(&self, route: &Route, key: &ObjectKey) -> Result<Action, ReconcileError> {
+        self.routing.remove(key);
+        self.index.forget(key);
+        let ns = route.metadata.namespace.as_deref();
+        let all = self.revisions.list(ns, &Selector::default()).await?;
+        self.label_revisions(route, &HashSet::new(), &HashMap::new(), &all)
+            .await?;
+        let mut updated = route.clone();
+        if let Some(finalizers) = updated.metadata.finalizers.as_mut() {
+            finalizers.retain(|f| f != FINALIZER);
+        }
+        match self.routes.replace(&updated).await {
+            Err(e) if !e.is_not_found() => Err(e.into()),
+            _ => Ok(Action::await_change()),
+        }
+    }
+}
+
+#[async_trait]
+impl Reconciler<Route> for RouteReconciler {
+    type Error = ReconcileError;
+
+    async fn reconcile(&self, route: Arc<Route>) -> Result<Action, ReconcileError> {
+        let name = route.metadata.name.clone().unwrap_or_default();
+        let namespace = route.metadata.namespace.clone().unwrap_or_default();
+        let key = ObjectKey::namespaced(namespace.clone(), name.clone());
+        let has_finalizer = route
+            .metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == FINALIZER);
+        if route.metadata.deletion_timestamp.is_some() {
+            return if has_finalizer {
+                self.finalize(&route, &key).await
+            } else {
+                Ok(Action::await_change())
+            };
+        }
+        if !has_finalizer {
+            let mut updated = (*route).clone();
+            updated
+                .metadata
+                .finalizers
+                .get_or_insert_with(Vec::new)
+                .push(FINALIZER.to_owned());
+            self.routes.replace(&updated).await?;
+            return Ok(Action::await_change());
+        }
+
+        let mut spec = route.spec.clone();
+        for target in &mut spec.traffic {
+            target.set_defaults();
+        }
+        let referenced_configs: HashSet<String> = spec
+            .traffic
+            .iter()
+            .filter_map(|t| t.configuration_name.clone())
+            .collect();
+        let referenced_revisions: HashSet<String> = spec
+            .traffic
+            .iter()
+            .filter_map(|t| t.revision_name.clone())
+            .collect();
+        self.index.record(
+            key.clone(),
+            referenced_configs.clone(),
+            referenced_revisions.clone(),
+        );
+
+        let ns = Some(namespace.as_str());
+        let everything = Selector::default();
+        let configurations: HashMap<String, Configuration> = self
+            .configurations
+            .list(ns, &everything)
+            .await?
+            .into_iter()
+            .filter(|c| {
+                c.metadata
+                    .name
+                    .as_ref()
+                    .is_some_and(|n| referenced_configs.contains(n))
+            })
+            .map(|c| (c.metadata.name.clone().unwrap_or_default(), c))
+            .collect();
+        let revisions = self.revisions.list(ns, &everything).await?;
+        let config_states: HashMap<String, ConfigurationState> = configurations
+            .iter()
+            .map(|(n, c)| {
+                let status = c.status.clone().unwrap_or_default();
+                let ready = status
+                    .status
+                    .condition(READY)
+                    .map_or(ConditionStatus::Unknown, |c| c.status);
+                (
+                    n.clone(),
+                    ConfigurationState {
+                        latest_ready: status.latest_ready_revision_name,
+                        ready,
+                    },
+                )
+            })
+            .collect();
+        let revision_states: HashMap<String, ConditionStatus> = revisions
+            .iter()
+            .map(|r| {
+                let ready = r
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.status.condition(READY))
+                    .map_or(ConditionStatus::Unknown, |c| c.status);
+                (r.metadata.name.clone().unwrap_or_default(), ready)
+            })
+            .collect();
+
+        let mut status = route.status.clone().unwrap_or_default();
+        let set = condition_set();
+        let mut m = set.manage(&mut status.status.conditions);
+        m.initialize();
+        status.status.observed_generation = route.metadata.generation;
+        let network = &self.config.network;
+        let cluster_local = is_cluster_local(&route);
+        let host = network.host(&name, &namespace, cluster_local);
+        let local_host = network.host(&name, &namespace, true);
+        status.url = Some(format!("http://{host}"));
+        status.address = Some(Addressable {
+            name: None,
+            url: Some(format!("http://{local_host}")),
+        });
+        m.mark_true_with_reason(
+            CERTIFICATE_PROVISIONED,
+            "TLSNotEnabled",
+            "autoTLS is not enabled",
+        );
+
+        match traffic::resolve(&spec.traffic, &config_states, &revision_states) {
+            Err(e) => {
+                if e.status == ConditionStatus::False {
+                    m.mark_false(ALL_TRAFFIC_ASSIGNED, e.reason, &e.message);
+                } else {
+                    m.mark_unknown(ALL_TRAFFIC_ASSIGNED, e.reason, &e.message);
+                }
+            }
+            Ok(resolved) => {
+                m.mark_true(ALL_TRAFFIC_ASSIGNED);
+                status.traffic = resolved
+                    .iter()
+                    .map(|t| TrafficTarget {
+                        tag: t.tag.clone(),
+                        revision_name: Some(t.revision_name.clone()),
+                        configuration_name: None,
+                        latest_revision: Some(t.latest_revision),
+                        percent: Some(t.percent),
+                        url: t.tag.as_ref().map(|tag| {
+                            format!(
+                                "http://{}",
+                                network.tag_host(tag, &name, &namespace, cluster_local)
+                            )
+                        }),
+                    })
+                    .collect();
+                let tags = resolved
+                    .iter()
+                    .filter_map(|t| {
+                        t.tag.as_ref().map(|tag| TagRoute {
+                            tag: tag.clone(),
+                            host: if cluster_local {
+                                String::new()
+                            } else {
+                                network.tag_host(tag, &name, &namespace, false)
+                            },
+                            cluster_local_host: network.tag_host(tag, &name, &namespace, true),
+                            revision: t.revision_name.clone(),
+                        })
+                    })
+                    .collect();
+                self.routing.publish(TrafficTable {
+                    namespace: namespace.clone(),
+                    route: name.clone(),
+                    host: if cluster_local {
+                        String::new()
+                    } else {
+                        host.clone()
+                    },
+                    cluster_local_host: local_host.clone(),
+                    targets: TrafficTable::split(&resolved),
+                    tags,
+                });
+                m.mark_true(INGRESS_READY);
+                let served: HashSet<String> =
+                    resolved.into_iter().map(|t| t.revision_name).collect();
+                drop(m);
+                self.label_revisions(&route, &served, &configurations, &revisions)
+                    .await?;
+            }
+        }
+
+        if route.status.as_ref() != Some(&status) {
+            let mut updated = (*route).clone();
+            updated.status = Some(status);
+            self.routes.replace_status(&updated).await?;
+        }
+        Ok(Action::await_change())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn revision(state: Option<&str>, routes: Option<&str>) -> Revision {
+        let mut rev = Revision::new("hello-00001", crate::api::RevisionSpec::default());
+        if let Some(state) = state {
+            rev.metadata.labels = Some([(keys::ROUTING_STATE.to_owned(), state.to_owned())].into());
+        }
+        if let Some(routes) = routes {
+            rev.metadata.annotations = Some([(keys::ROUTES.to_owned(), routes.to_owned())].into());
+        }
+        rev
+    }
+
+    fn state_and_routes(rev: &Revision) -> (Option<RoutingState>, Vec<String>) {
+        (routing_state(rev), routes_of(rev))
+    }
+
+    #[test]
+    fn a_served_revision_becomes_active_and_lists_the_route() {
+        let updated =
+            relabel(&revision(Some("pending"), None), "hello", true, true).expect("changes");
+        assert_eq!(
+            state_and_routes(&updated),
+            (Some(RoutingState::Active), vec!["hello".to_owned()])
+        );
+        assert!(
+            updated
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(keys::ROUTING_STATE_MODIFIED))
+        );
+        assert!(
+            relabel(&updated, "hello", true, true).is_none(),
+            "no change the second time"
+        );
+    }
+
+    #[test]
+    fn a_revision_no_route_serves_goes_to_reserve_unless_it_is_the_newest() {
+        let active = revision(Some("active"), Some("hello"));
+        let updated = relabel(&active, "hello", false, false).expect("changes");
+        assert_eq!(
+            state_and_routes(&updated),
+            (Some(RoutingState::Reserve), vec![])
+        );
+        let pending = revision(Some("pending"), None);
+        assert!(
+            relabel(&pending, "hello", false, true).is_none(),
+            "the newest stays pending"
+        );
+        let still_shared = relabel(
+            &revision(Some("active"), Some("a,hello")),
+            "hello",
+            false,
+            false,
+        )
+        .expect("changes");
+        assert_eq!(
+            state_and_routes(&still_shared),
+            (Some(RoutingState::Active), vec!["a".to_owned()])
+        );
+    }
+
+    #[test]
+    fn the_index_finds_routes_by_configuration_and_revision() {
+        let index = RouteIndex::default();
+        index.record(
+            ObjectKey::namespaced("default", "r"),
+            ["hello".to_owned()].into(),
+            ["pinned".to_owned()].into(),
+        );
+        assert_eq!(
+            index
+                .routes_for_configuration(Some("default"), "hello")
+                .len(),
+            1
+        );
+        assert_eq!(
+            index.routes_for_configuration(Some("other"), "hello").len(),
+            0
+        );
+        assert_eq!(
+            index
+                .routes_for_revision(Some("default"), "pinned", None)
+                .len(),
+            1
+        );
+        assert_eq!(
+            index
+                .routes_for_revision(Some("default"), "hello-00002", Some("hello"))
+                .len(),
+            1
+        );
+        assert_eq!(
+            index
+                .routes_for_revision(Some("default"), "x", Some("y"))
+                .len(),
+            0
+        );
+    }
+}
