@@ -9,6 +9,8 @@
 
 pub mod rollout;
 
+use rollout::Rollout;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -163,8 +165,9 @@ pub struct TagRoute {
     pub host: String,
     /// Its cluster-local hostname.
     pub cluster_local_host: String,
-    /// The revision it sends every request to.
-    pub revision: String,
+    /// The revision(s) behind it: one at 100%, or a split while a gradual
+    /// rollout moves a tagged `latestRevision` target.
+    pub targets: Vec<WeightedRevision>,
 }
 
 /// How one Route's requests are served: what the ingress needs.
@@ -179,27 +182,61 @@ pub struct TrafficTable {
     /// The cluster-local hostname (`<route>.<ns>.svc.cluster.local`).
     pub cluster_local_host: String,
     /// The split of the main hostname's traffic, one entry per revision,
-    /// in first-appearance order; percents sum to 100.
+    /// in first-appearance order; percents sum to 100 (during a gradual
+    /// rollout, a configuration's share is split between its revisions).
     pub targets: Vec<WeightedRevision>,
     /// Tagged hostnames.
     pub tags: Vec<TagRoute>,
 }
 
 impl TrafficTable {
-    /// The main split from resolved targets: percents of targets that name
-    /// the same revision are added up; zero-percent entries are dropped.
-    pub fn split(resolved: &[ResolvedTarget]) -> Vec<WeightedRevision> {
+    /// The split of the hostname serving `tag` (`""` = the main hostname):
+    /// the main hostname serves every target, a tag's hostname only its
+    /// own. A `latestRevision` target's share is split as `rollout` says
+    /// for its configuration and tag, if it says anything. Entries of the
+    /// same revision are added up; zero-percent entries are dropped.
+    pub fn split(
+        resolved: &[ResolvedTarget],
+        rollout: &Rollout,
+        tag: &str,
+    ) -> Vec<WeightedRevision> {
         let mut split: Vec<WeightedRevision> = Vec::new();
-        for target in resolved.iter().filter(|t| t.percent > 0) {
-            match split
-                .iter_mut()
-                .find(|w| w.revision == target.revision_name)
-            {
-                Some(w) => w.percent += target.percent,
+        let mut add = |revision: &str, percent: i64| {
+            if percent <= 0 {
+                return;
+            }
+            match split.iter_mut().find(|w| w.revision == revision) {
+                Some(w) => w.percent += percent,
                 None => split.push(WeightedRevision {
-                    revision: target.revision_name.clone(),
-                    percent: target.percent,
+                    revision: revision.to_owned(),
+                    percent,
                 }),
+            }
+        };
+        let mut rolled: Vec<&str> = Vec::new();
+        for target in resolved {
+            let percent = if tag.is_empty() {
+                target.percent
+            } else if target.tag.as_deref() == Some(tag) {
+                // A tag's hostname sends all of its requests to its target.
+                100
+            } else {
+                continue;
+            };
+            let config = target
+                .configuration_name
+                .as_deref()
+                .filter(|_| target.latest_revision);
+            match config.and_then(|c| rollout.revision_percents(c, tag).map(|r| (c, r))) {
+                Some((config, revisions)) => {
+                    if !rolled.contains(&config) {
+                        rolled.push(config);
+                        for r in revisions {
+                            add(&r.revision_name, r.percent);
+                        }
+                    }
+                }
+                None => add(&target.revision_name, percent),
             }
         }
         split
@@ -382,28 +419,67 @@ mod tests {
         assert_eq!(err.message, "Revision \"b\" failed to become ready.");
     }
 
+    fn resolved(
+        rev: &str,
+        config: Option<&str>,
+        percent: i64,
+        tag: Option<&str>,
+    ) -> ResolvedTarget {
+        ResolvedTarget {
+            tag: tag.map(str::to_owned),
+            revision_name: rev.to_owned(),
+            configuration_name: config.map(str::to_owned),
+            latest_revision: config.is_some(),
+            percent,
+        }
+    }
+
+    fn weights(pairs: &[(&str, i64)]) -> Vec<WeightedRevision> {
+        pairs
+            .iter()
+            .map(|(r, p)| WeightedRevision {
+                revision: (*r).to_owned(),
+                percent: *p,
+            })
+            .collect()
+    }
+
     #[test]
     fn the_split_adds_up_entries_of_one_revision_and_drops_zeroes() {
-        let t = |rev: &str, percent| ResolvedTarget {
-            tag: None,
-            revision_name: rev.to_owned(),
-            configuration_name: None,
-            latest_revision: false,
-            percent,
-        };
-        let split = TrafficTable::split(&[t("a", 30), t("b", 0), t("a", 20), t("c", 50)]);
+        let targets = [
+            resolved("a", None, 30, None),
+            resolved("b", None, 0, Some("zero")),
+            resolved("a", None, 20, None),
+            resolved("c", None, 50, None),
+        ];
+        let none = Rollout::default();
         assert_eq!(
-            split,
-            [
-                WeightedRevision {
-                    revision: "a".into(),
-                    percent: 50
-                },
-                WeightedRevision {
-                    revision: "c".into(),
-                    percent: 50
-                }
-            ]
+            TrafficTable::split(&targets, &none, ""),
+            weights(&[("a", 50), ("c", 50)])
+        );
+        assert_eq!(
+            TrafficTable::split(&targets, &none, "zero"),
+            weights(&[("b", 100)])
+        );
+    }
+
+    #[test]
+    fn a_rollout_splits_the_configurations_share_between_its_revisions() {
+        let targets = [
+            resolved("hello-2", Some("hello"), 80, None),
+            resolved("pinned", None, 20, Some("old")),
+        ];
+        let rollout = Rollout::from_annotation(
+            r#"{"configurations":[{"configurationName":"hello","percent":80,"revisions":[{"revisionName":"hello-1","percent":79},{"revisionName":"hello-2","percent":1}],"stepParams":{}}]}"#,
+        )
+        .expect("valid state");
+        assert_eq!(
+            TrafficTable::split(&targets, &rollout, ""),
+            weights(&[("hello-1", 79), ("hello-2", 1), ("pinned", 20)])
+        );
+        assert_eq!(
+            TrafficTable::split(&targets, &rollout, "old"),
+            weights(&[("pinned", 100)])
         );
     }
 

@@ -12,7 +12,7 @@ use knative_core::runtime::{Action, Reconciler};
 use knative_core::store::{Objects, StoreError};
 use kube::core::Selector;
 
-use super::{ReconcileError, controller_reference, is_controlled_by, now_rfc3339};
+use super::{ReconcileError, controller_reference, gc, is_controlled_by, now_rfc3339};
 use crate::api::{Configuration, Revision, RoutingState, keys};
 use crate::config::ServingConfig;
 
@@ -264,14 +264,53 @@ impl Reconciler<Configuration> for ConfigurationReconciler {
 }
 
 impl ConfigurationReconciler {
-    /// Deletes the revisions `config-gc` says are no longer needed.
+    /// Deletes the revisions `config-gc` says are no longer needed
+    /// (`specs/SERVING.md §1`, "Revision GC").
     async fn collect_garbage(
         &self,
         configuration: &Configuration,
         latest_ready: &Option<String>,
         owned: &[Revision],
     ) -> Result<(), StoreError> {
-        let _ = (configuration, latest_ready, owned, &self.config);
+        let candidates: Vec<gc::GcCandidate> = owned.iter().map(gc_candidate).collect();
+        let now = jiff::Timestamp::now().as_second();
+        let doomed =
+            gc::revisions_to_delete(&self.config.gc, latest_ready.as_deref(), &candidates, now);
+        let ns = configuration.metadata.namespace.as_deref();
+        for name in doomed {
+            tracing::info!(revision = %name, "garbage-collecting revision");
+            match self.revisions.delete(ns, &name).await {
+                Err(e) if !e.is_not_found() => return Err(e),
+                _ => {}
+            }
+        }
         Ok(())
+    }
+}
+
+/// What revision GC needs to know about a revision.
+fn gc_candidate(revision: &Revision) -> gc::GcCandidate {
+    let meta = &revision.metadata;
+    let annotation = |key: &str| {
+        meta.annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .map(String::as_str)
+    };
+    gc::GcCandidate {
+        name: meta.name.clone().unwrap_or_default(),
+        created: meta
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| t.0.as_second()),
+        last_active: annotation(keys::ROUTING_STATE_MODIFIED)
+            .and_then(|v| v.parse::<jiff::Timestamp>().ok())
+            .map(|t| t.as_second()),
+        routing_state: meta
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(keys::ROUTING_STATE))
+            .and_then(|s| RoutingState::parse(s)),
+        no_gc: gc::no_gc_annotation_set(annotation(keys::NO_GC)),
     }
 }

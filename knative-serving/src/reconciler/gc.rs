@@ -25,19 +25,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::api::RoutingState;
+
 /// Name of the ConfigMap holding these settings.
 pub const CONFIG_MAP_NAME: &str = "config-gc";
-
-/// Revision annotation that exempts a Revision from collection when its
-/// value is `true` (any letter case).
-pub const NO_GC_ANNOTATION: &str = "serving.knative.dev/no-gc";
-
-/// Revision label carrying its [`RoutingState`].
-pub const ROUTING_STATE_LABEL: &str = "serving.knative.dev/routingState";
-
-/// Revision annotation recording when the routing state last changed
-/// (RFC 3339); the source of [`GcCandidate::last_active`].
-pub const ROUTING_STATE_MODIFIED_ANNOTATION: &str = "serving.knative.dev/routingStateModified";
 
 /// ConfigMap key: minimum age since creation before a Revision can be stale.
 pub const RETAIN_SINCE_CREATE_TIME_KEY: &str = "retain-since-create-time";
@@ -240,48 +231,10 @@ fn go_equal_fold(input: &str, word: &str) -> bool {
     folded.eq(word.chars())
 }
 
-/// Whether a [`NO_GC_ANNOTATION`] value exempts the Revision (`true`, any
+/// Whether a [`NO_GC`](crate::api::keys::NO_GC) value exempts the Revision (`true`, any
 /// letter case).
 pub fn no_gc_annotation_set(value: Option<&str>) -> bool {
     value.is_some_and(|v| go_equal_fold(v, "true"))
-}
-
-/// A Revision's routing state, from its [`ROUTING_STATE_LABEL`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum RoutingState {
-    /// `pending`: not yet decided whether it will receive traffic.
-    Pending,
-    /// `active`: referenced by a route.
-    Active,
-    /// `reserve`: not referenced by any route; the only state eligible for
-    /// collection.
-    Reserve,
-    /// No label, or a value that is none of the above.
-    #[default]
-    Unset,
-}
-
-impl RoutingState {
-    /// Parses a label value; matching is exact (lower case), anything else
-    /// is [`RoutingState::Unset`].
-    pub fn from_label(value: Option<&str>) -> RoutingState {
-        match value {
-            Some("pending") => RoutingState::Pending,
-            Some("active") => RoutingState::Active,
-            Some("reserve") => RoutingState::Reserve,
-            _ => RoutingState::Unset,
-        }
-    }
-
-    /// The label value (`""` for [`RoutingState::Unset`]).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RoutingState::Pending => "pending",
-            RoutingState::Active => "active",
-            RoutingState::Reserve => "reserve",
-            RoutingState::Unset => "",
-        }
-    }
 }
 
 /// One Revision of the Configuration being collected.
@@ -293,9 +246,9 @@ pub struct GcCandidate {
     pub created: i64,
     /// When the routing state last changed (Unix seconds), if recorded.
     pub last_active: Option<i64>,
-    /// The routing state.
-    pub routing_state: RoutingState,
-    /// Whether [`NO_GC_ANNOTATION`] is set to true.
+    /// The routing state (`None` when the label is missing or unknown).
+    pub routing_state: Option<RoutingState>,
+    /// Whether [`NO_GC`](crate::api::keys::NO_GC) is set to true.
     pub no_gc: bool,
 }
 
@@ -310,7 +263,7 @@ impl GcCandidate {
     fn is_active(&self, latest_ready: Option<&str>) -> bool {
         latest_ready == Some(self.name.as_str())
             || self.no_gc
-            || self.routing_state != RoutingState::Reserve
+            || self.routing_state != Some(RoutingState::Reserve)
     }
 
     /// Whether both retention bounds have passed at `now`.
@@ -442,12 +395,12 @@ mod tests {
             name: name.to_owned(),
             created: NOW - created_ago * H,
             last_active: active_ago.map(|a| NOW - a * H),
-            routing_state: RoutingState::Reserve,
+            routing_state: Some(RoutingState::Reserve),
             no_gc: false,
         }
     }
 
-    fn with_state(mut c: GcCandidate, state: RoutingState) -> GcCandidate {
+    fn with_state(mut c: GcCandidate, state: Option<RoutingState>) -> GcCandidate {
         c.routing_state = state;
         c
     }
@@ -483,7 +436,7 @@ mod tests {
                 revisions: vec![
                     reserve("a", 100, None),
                     reserve("b", 100, None),
-                    with_state(reserve("c", 100, None), RoutingState::Active),
+                    with_state(reserve("c", 100, None), Some(RoutingState::Active)),
                     reserve("l", 100, None),
                 ],
                 want: vec![],
@@ -507,9 +460,9 @@ mod tests {
                 config: default_times(0, Some(0)),
                 latest_ready: None,
                 revisions: vec![
-                    with_state(reserve("pending", 300, None), RoutingState::Pending),
-                    with_state(reserve("active", 300, None), RoutingState::Active),
-                    with_state(reserve("unset", 300, None), RoutingState::Unset),
+                    with_state(reserve("pending", 300, None), Some(RoutingState::Pending)),
+                    with_state(reserve("active", 300, None), Some(RoutingState::Active)),
+                    with_state(reserve("unset", 300, None), None),
                     reserve("reserve", 100, None),
                 ],
                 want: vec!["reserve"],
@@ -838,19 +791,7 @@ mod tests {
     }
 
     #[test]
-    fn routing_state_and_no_gc_parsing() {
-        for (label, want) in [
-            (Some("pending"), RoutingState::Pending),
-            (Some("active"), RoutingState::Active),
-            (Some("reserve"), RoutingState::Reserve),
-            (Some("Reserve"), RoutingState::Unset),
-            (Some(""), RoutingState::Unset),
-            (Some("bogus"), RoutingState::Unset),
-            (None, RoutingState::Unset),
-        ] {
-            assert_eq!(RoutingState::from_label(label), want, "{label:?}");
-        }
-        assert_eq!(RoutingState::Reserve.as_str(), "reserve");
+    fn no_gc_parsing() {
         for (value, want) in [
             (Some("true"), true),
             (Some("TRUE"), true),

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use knative_core::condition::{ConditionSet, ConditionStatus, READY};
@@ -13,6 +14,7 @@ use kube::core::Selector;
 use super::{ReconcileError, now_rfc3339};
 use crate::api::{Addressable, Configuration, Revision, Route, RoutingState, TrafficTarget, keys};
 use crate::config::ServingConfig;
+use crate::traffic::rollout::{self, Rollout, RolloutTarget, RouteTarget};
 use crate::traffic::{self, ConfigurationState, RoutingTable, TagRoute, TrafficTable};
 
 /// Condition: every traffic target resolved to a ready revision.
@@ -245,6 +247,71 @@ impl RouteReconciler {
         Ok(())
     }
 
+    /// The gradual rollout state for this reconcile (`specs/SERVING.md §2`):
+    /// stepped from the state saved in the Route's status annotations, saved
+    /// back there, with the delay until the next step. Without a rollout
+    /// duration the state is empty and traffic moves at once.
+    fn rollout(
+        &self,
+        route: &Route,
+        resolved: &[traffic::ResolvedTarget],
+        owners: &HashMap<&str, &str>,
+        annotations: &mut BTreeMap<String, String>,
+        ingress_was_ready: bool,
+    ) -> (Rollout, Option<Duration>) {
+        let default_secs =
+            i64::try_from(self.config.network.rollout_duration.as_secs()).unwrap_or(i64::MAX);
+        let duration = rollout::rollout_duration(
+            route
+                .metadata
+                .annotations
+                .as_ref()
+                .unwrap_or(&BTreeMap::new()),
+            default_secs,
+        )
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "ignoring the rollout duration annotation");
+            Duration::from_secs(default_secs.max(0).unsigned_abs())
+        });
+        if duration.is_zero() {
+            annotations.remove(rollout::ROLLOUT_ANNOTATION);
+            return (Rollout::default(), None);
+        }
+        let targets: Vec<RouteTarget> = resolved
+            .iter()
+            .map(|t| RouteTarget {
+                tag: t.tag.clone().unwrap_or_default(),
+                configuration_name: t
+                    .configuration_name
+                    .clone()
+                    .or_else(|| {
+                        owners
+                            .get(t.revision_name.as_str())
+                            .map(|c| (*c).to_owned())
+                    })
+                    .unwrap_or_default(),
+                revision_name: t.revision_name.clone(),
+                percent: t.percent,
+                latest_revision: t.latest_revision,
+            })
+            .collect();
+        let goal = Rollout::from_targets(&RolloutTarget::from_route_targets(&targets));
+        let now = i64::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or(i64::MAX);
+        let mut previous = annotations
+            .get(rollout::ROLLOUT_ANNOTATION)
+            .and_then(|a| Rollout::from_annotation(a).ok());
+        if let Some(previous) = previous.as_mut()
+            && !ingress_was_ready
+        {
+            previous.observe_ready(now, duration.as_secs_f64());
+        }
+        let (next, next_step) = goal.step(previous.as_ref(), now);
+        annotations.insert(rollout::ROLLOUT_ANNOTATION.to_owned(), next.to_annotation());
+        let delay = next_step
+            .map(|at| Duration::from_nanos(u64::try_from(at.saturating_sub(now)).unwrap_or(0)));
+        (next, delay)
+    }
+
     async fn finalize(&self, route: &Route, key: &ObjectKey) -> Result<Action, ReconcileError> {
         self.routing.remove(key);
         self.index.forget(key);
@@ -361,6 +428,7 @@ impl Reconciler<Route> for RouteReconciler {
             .collect();
 
         let mut status = route.status.clone().unwrap_or_default();
+        let mut requeue = None;
         let set = condition_set();
         let mut m = set.manage(&mut status.status.conditions);
         m.initialize();
@@ -406,6 +474,26 @@ impl Reconciler<Route> for RouteReconciler {
                         }),
                     })
                     .collect();
+                let previous_ingress_ready = route
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.status.condition(INGRESS_READY))
+                    .is_some_and(|c| c.is_true());
+                let owners: HashMap<&str, &str> = revisions
+                    .iter()
+                    .filter_map(|r| {
+                        let config = r.metadata.labels.as_ref()?.get(keys::CONFIGURATION)?;
+                        Some((r.metadata.name.as_deref()?, config.as_str()))
+                    })
+                    .collect();
+                let (rollout, next_step) = self.rollout(
+                    &route,
+                    &resolved,
+                    &owners,
+                    &mut status.status.annotations,
+                    previous_ingress_ready,
+                );
+                requeue = next_step;
                 let tags = resolved
                     .iter()
                     .filter_map(|t| {
@@ -417,7 +505,7 @@ impl Reconciler<Route> for RouteReconciler {
                                 network.tag_host(tag, &name, &namespace, false)
                             },
                             cluster_local_host: network.tag_host(tag, &name, &namespace, true),
-                            revision: t.revision_name.clone(),
+                            targets: TrafficTable::split(&resolved, &rollout, tag),
                         })
                     })
                     .collect();
@@ -430,7 +518,7 @@ impl Reconciler<Route> for RouteReconciler {
                         host.clone()
                     },
                     cluster_local_host: local_host.clone(),
-                    targets: TrafficTable::split(&resolved),
+                    targets: TrafficTable::split(&resolved, &rollout, ""),
                     tags,
                 });
                 m.mark_true(INGRESS_READY);
@@ -447,7 +535,10 @@ impl Reconciler<Route> for RouteReconciler {
             updated.status = Some(status);
             self.routes.replace_status(&updated).await?;
         }
-        Ok(Action::await_change())
+        Ok(match requeue {
+            Some(delay) => Action::requeue_after(delay),
+            None => Action::await_change(),
+        })
     }
 }
 
