@@ -142,13 +142,9 @@ fn routing_state(revision: &Revision) -> Option<RoutingState> {
 }
 
 /// `revision` with `route` added to or removed from its routes annotation
-/// and its routing state updated; `None` when nothing changes.
-fn relabel(
-    revision: &Revision,
-    route: &str,
-    referenced: bool,
-    keep_pending: bool,
-) -> Option<Revision> {
+/// and its routing state updated (`active` while some route serves it,
+/// `reserve` once none does); `None` when nothing changes.
+fn relabel(revision: &Revision, route: &str, referenced: bool) -> Option<Revision> {
     let mut routes = routes_of(revision);
     let had = routes.iter().any(|r| r == route);
     if referenced && !had {
@@ -157,12 +153,10 @@ fn relabel(
     } else if !referenced && had {
         routes.retain(|r| r != route);
     }
-    let state = if !routes.is_empty() {
-        RoutingState::Active
-    } else if keep_pending && routing_state(revision) == Some(RoutingState::Pending) {
-        RoutingState::Pending
-    } else {
+    let state = if routes.is_empty() {
         RoutingState::Reserve
+    } else {
+        RoutingState::Active
     };
     if had == referenced && routing_state(revision) == Some(state) {
         return None;
@@ -208,36 +202,24 @@ impl RouteReconciler {
         }
     }
 
-    /// Marks the revisions the route serves `active` (listing the route), and
-    /// the revisions of its configurations it no longer serves `reserve`.
+    /// Marks the revisions the route serves `active` (listing the route),
+    /// and the ones it served before but no longer does `reserve` unless
+    /// another route still serves them. Revisions no route has served yet
+    /// stay `pending`, as upstream leaves them.
     async fn label_revisions(
         &self,
         route: &Route,
         served: &HashSet<String>,
-        configurations: &HashMap<String, Configuration>,
         revisions: &[Revision],
     ) -> Result<(), ReconcileError> {
         let route_name = route.metadata.name.clone().unwrap_or_default();
         for revision in revisions {
-            let name = revision.metadata.name.clone().unwrap_or_default();
-            let config = revision
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(keys::CONFIGURATION))
-                .and_then(|c| configurations.get(c));
-            let listed = routes_of(revision).contains(&route_name);
-            let referenced = served.contains(&name);
-            if !referenced && !listed && config.is_none() {
+            let name = revision.metadata.name.as_deref().unwrap_or_default();
+            let referenced = served.contains(name);
+            if !referenced && !routes_of(revision).contains(&route_name) {
                 continue;
             }
-            // The newest revision of a configuration stays pending until it
-            // is served, so it can become ready.
-            let latest_created = config
-                .and_then(|c| c.status.as_ref())
-                .and_then(|s| s.latest_created_revision_name.as_deref())
-                == Some(name.as_str());
-            if let Some(updated) = relabel(revision, &route_name, referenced, latest_created) {
+            if let Some(updated) = relabel(revision, &route_name, referenced) {
                 match self.revisions.replace(&updated).await {
                     Err(e) if !e.is_not_found() => return Err(e.into()),
                     _ => {}
@@ -317,8 +299,7 @@ impl RouteReconciler {
         self.index.forget(key);
         let ns = route.metadata.namespace.as_deref();
         let all = self.revisions.list(ns, &Selector::default()).await?;
-        self.label_revisions(route, &HashSet::new(), &HashMap::new(), &all)
-            .await?;
+        self.label_revisions(route, &HashSet::new(), &all).await?;
         let mut updated = route.clone();
         if let Some(finalizers) = updated.metadata.finalizers.as_mut() {
             finalizers.retain(|f| f != FINALIZER);
@@ -525,8 +506,7 @@ impl Reconciler<Route> for RouteReconciler {
                 let served: HashSet<String> =
                     resolved.into_iter().map(|t| t.revision_name).collect();
                 drop(m);
-                self.label_revisions(&route, &served, &configurations, &revisions)
-                    .await?;
+                self.label_revisions(&route, &served, &revisions).await?;
             }
         }
 
@@ -563,8 +543,7 @@ mod tests {
 
     #[test]
     fn a_served_revision_becomes_active_and_lists_the_route() {
-        let updated =
-            relabel(&revision(Some("pending"), None), "hello", true, true).expect("changes");
+        let updated = relabel(&revision(Some("pending"), None), "hello", true).expect("changes");
         assert_eq!(
             state_and_routes(&updated),
             (Some(RoutingState::Active), vec!["hello".to_owned()])
@@ -577,31 +556,21 @@ mod tests {
                 .is_some_and(|a| a.contains_key(keys::ROUTING_STATE_MODIFIED))
         );
         assert!(
-            relabel(&updated, "hello", true, true).is_none(),
+            relabel(&updated, "hello", true).is_none(),
             "no change the second time"
         );
     }
 
     #[test]
-    fn a_revision_no_route_serves_goes_to_reserve_unless_it_is_the_newest() {
+    fn a_revision_no_route_serves_any_more_goes_to_reserve() {
         let active = revision(Some("active"), Some("hello"));
-        let updated = relabel(&active, "hello", false, false).expect("changes");
+        let updated = relabel(&active, "hello", false).expect("changes");
         assert_eq!(
             state_and_routes(&updated),
             (Some(RoutingState::Reserve), vec![])
         );
-        let pending = revision(Some("pending"), None);
-        assert!(
-            relabel(&pending, "hello", false, true).is_none(),
-            "the newest stays pending"
-        );
-        let still_shared = relabel(
-            &revision(Some("active"), Some("a,hello")),
-            "hello",
-            false,
-            false,
-        )
-        .expect("changes");
+        let still_shared =
+            relabel(&revision(Some("active"), Some("a,hello")), "hello", false).expect("changes");
         assert_eq!(
             state_and_routes(&still_shared),
             (Some(RoutingState::Active), vec!["a".to_owned()])

@@ -1,0 +1,357 @@
+//! Service → Configuration → Revision → Route → Ready with real child
+//! processes, then a second revision with a 50/50 split and a tag, checking
+//! every status field a `kubectl get ksvc -o yaml` user reads.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use knative_core::apis::{Context, SetDefaults, Validate};
+use knative_core::condition::{ConditionStatus, READY};
+use knative_core::store::{InMemoryStore, ObjectKey, Objects};
+use knative_serving::api::{Revision, Service, TrafficTarget, keys};
+use knative_serving::backend::local::{LocalBackend, LocalCommand, LocalConfig};
+use knative_serving::backend::{WorkloadBackend, WorkloadKey};
+use knative_serving::config::ServingConfig;
+use knative_serving::reconciler::{Serving, ServingObjects};
+use knative_serving::traffic::WeightedRevision;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn service_yaml(target: &str, traffic: &str) -> String {
+    format!(
+        r#"
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: hello
+  namespace: default
+spec:
+  template:
+    spec:
+      containers:
+        - image: sample-app
+          env:
+            - name: TARGET
+              value: {target}
+          readinessProbe:
+            httpGet:
+              path: /healthz
+{traffic}
+"#
+    )
+}
+
+/// Polls `check` until it returns `Some`, failing with `what` after the deadline.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("writes");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("reads");
+    response
+}
+
+fn condition(conditions: &[knative_core::condition::Condition], type_: &str) -> ConditionStatus {
+    knative_core::condition::find(conditions, type_).map_or(ConditionStatus::Unknown, |c| c.status)
+}
+
+async fn ready_service(services: &Arc<dyn Objects<Service>>, generation: i64) -> Service {
+    eventually(&format!("service generation {generation} ready"), || {
+        let services = Arc::clone(services);
+        async move {
+            let svc = services.get(Some("default"), "hello").await.ok()?;
+            let observed = svc.status.as_ref()?.status.observed_generation;
+            (observed == Some(generation) && svc.is_ready()).then_some(svc)
+        }
+    })
+    .await
+}
+
+async fn apply(services: &Arc<dyn Objects<Service>>, yaml: &str) {
+    let mut svc: Service = serde_yaml::from_str(yaml).expect("manifest parses");
+    let ctx = Context::create();
+    svc.set_defaults(&ctx);
+    let errors = svc.validate(&ctx);
+    assert!(errors.is_empty(), "manifest is valid: {errors}");
+    match services.get(Some("default"), "hello").await {
+        Ok(existing) => {
+            svc.metadata.resource_version = existing.metadata.resource_version.clone();
+            services.replace(&svc).await.expect("updated");
+        }
+        Err(_) => {
+            services.create(&svc).await.expect("created");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_to_ready_revision_then_split_traffic_with_a_tag() {
+    let backend = LocalBackend::new(LocalConfig {
+        images: [(
+            "sample-app".to_owned(),
+            LocalCommand {
+                command: vec![env!("CARGO_BIN_EXE_knative-sample-app").to_owned()],
+                ..LocalCommand::default()
+            },
+        )]
+        .into(),
+        ..LocalConfig::default()
+    });
+    let store = InMemoryStore::new();
+    let objects = ServingObjects::in_memory(&store);
+    let mut config = ServingConfig::default();
+    config.network = config
+        .network
+        .with_domain_config_map(&BTreeMap::from([("example.com".to_owned(), String::new())]));
+    let serving = Serving::new(objects.clone(), Arc::new(backend.clone()), config);
+    let routing = serving.routing();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(serving.run(async {
+        let _ = stopped.await;
+    }));
+    let services = Arc::clone(&objects.services);
+
+    // 1. A new Service becomes Ready with one revision taking all traffic.
+    apply(&services, &service_yaml("World", "")).await;
+    let svc = ready_service(&services, 1).await;
+    let status = svc.status.clone().expect("status");
+    assert_eq!(
+        status.url.as_deref(),
+        Some("http://hello.default.example.com")
+    );
+    assert_eq!(
+        status.address.as_ref().and_then(|a| a.url.as_deref()),
+        Some("http://hello.default.svc.cluster.local")
+    );
+    assert_eq!(
+        status.latest_created_revision_name.as_deref(),
+        Some("hello-00001")
+    );
+    assert_eq!(
+        status.latest_ready_revision_name.as_deref(),
+        Some("hello-00001")
+    );
+    assert_eq!(
+        status.traffic,
+        [TrafficTarget {
+            revision_name: Some("hello-00001".into()),
+            latest_revision: Some(true),
+            percent: Some(100),
+            ..TrafficTarget::default()
+        }]
+    );
+    for type_ in ["ConfigurationsReady", "RoutesReady", READY] {
+        assert_eq!(
+            condition(&status.status.conditions, type_),
+            ConditionStatus::True,
+            "{type_}"
+        );
+    }
+
+    let revisions = Arc::clone(&objects.revisions);
+    let rev1: Revision = revisions
+        .get(Some("default"), "hello-00001")
+        .await
+        .expect("revision");
+    let rev_status = rev1.status.clone().expect("revision status");
+    assert!(rev1.is_ready());
+    assert_eq!(rev_status.actual_replicas, Some(1));
+    assert_eq!(rev_status.desired_replicas, Some(1));
+    for type_ in ["ResourcesAvailable", "ContainerHealthy", "Active"] {
+        assert_eq!(
+            condition(&rev_status.status.conditions, type_),
+            ConditionStatus::True,
+            "{type_}"
+        );
+    }
+    let labels = rev1.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get(keys::CONFIGURATION).map(String::as_str),
+        Some("hello")
+    );
+    assert_eq!(
+        labels
+            .get(keys::CONFIGURATION_GENERATION)
+            .map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(labels.get(keys::SERVICE).map(String::as_str), Some("hello"));
+    let rev1 = eventually("hello-00001 routing state active", || {
+        let revisions = Arc::clone(&revisions);
+        async move {
+            let rev = revisions.get(Some("default"), "hello-00001").await.ok()?;
+            let active = rev.metadata.labels.as_ref()?.get(keys::ROUTING_STATE)? == "active";
+            active.then_some(rev)
+        }
+    })
+    .await;
+    assert_eq!(
+        rev1.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(keys::ROUTES))
+            .map(String::as_str),
+        Some("hello")
+    );
+
+    // The published traffic table sends the host to the revision, whose
+    // replica really answers.
+    let table = routing
+        .snapshot()
+        .get(&ObjectKey::namespaced("default", "hello"))
+        .cloned()
+        .expect("published");
+    assert_eq!(table.host, "hello.default.example.com");
+    assert_eq!(
+        table.targets,
+        [WeightedRevision {
+            revision: "hello-00001".into(),
+            percent: 100
+        }]
+    );
+    let endpoint = backend
+        .status(&WorkloadKey::new("default", "hello-00001"))
+        .expect("workload")
+        .borrow()
+        .ready[0]
+        .address;
+    assert!(http_get(endpoint, "/").await.contains("Hello World!"));
+
+    // 2. A new template plus a 50/50 split with a tag on the new revision.
+    let traffic = r#"  traffic:
+    - revisionName: hello-00001
+      percent: 50
+    - latestRevision: true
+      percent: 50
+      tag: candidate"#;
+    apply(&services, &service_yaml("v2", traffic)).await;
+    let svc = eventually("generation 2 ready on the second revision", || {
+        let services = Arc::clone(&services);
+        async move {
+            let svc = services.get(Some("default"), "hello").await.ok()?;
+            let status = svc.status.as_ref()?;
+            let done = svc.is_ready()
+                && status.latest_ready_revision_name.as_deref() == Some("hello-00002");
+            done.then_some(svc)
+        }
+    })
+    .await;
+    let status = svc.status.clone().expect("status");
+    assert_eq!(status.status.observed_generation, Some(2));
+    assert_eq!(
+        status.latest_created_revision_name.as_deref(),
+        Some("hello-00002")
+    );
+    assert_eq!(
+        status.url.as_deref(),
+        Some("http://hello.default.example.com")
+    );
+    assert_eq!(
+        status.traffic,
+        [
+            TrafficTarget {
+                revision_name: Some("hello-00001".into()),
+                latest_revision: Some(false),
+                percent: Some(50),
+                ..TrafficTarget::default()
+            },
+            TrafficTarget {
+                tag: Some("candidate".into()),
+                revision_name: Some("hello-00002".into()),
+                latest_revision: Some(true),
+                percent: Some(50),
+                url: Some("http://candidate-hello.default.example.com".into()),
+                ..TrafficTarget::default()
+            },
+        ]
+    );
+    let table = routing
+        .snapshot()
+        .get(&ObjectKey::namespaced("default", "hello"))
+        .cloned()
+        .expect("published");
+    assert_eq!(
+        table.targets,
+        [
+            WeightedRevision {
+                revision: "hello-00001".into(),
+                percent: 50
+            },
+            WeightedRevision {
+                revision: "hello-00002".into(),
+                percent: 50
+            },
+        ]
+    );
+    assert_eq!(table.tags.len(), 1);
+    assert_eq!(table.tags[0].host, "candidate-hello.default.example.com");
+    assert_eq!(
+        table.tags[0].targets,
+        [WeightedRevision {
+            revision: "hello-00002".into(),
+            percent: 100
+        }]
+    );
+    let endpoint = backend
+        .status(&WorkloadKey::new("default", "hello-00002"))
+        .expect("workload")
+        .borrow()
+        .ready[0]
+        .address;
+    assert!(http_get(endpoint, "/").await.contains("Hello v2!"));
+    let rev2 = revisions
+        .get(Some("default"), "hello-00002")
+        .await
+        .expect("revision");
+    assert_eq!(
+        rev2.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(keys::CONFIGURATION_GENERATION))
+            .map(String::as_str),
+        Some("2")
+    );
+
+    // 3. Deleting the Service removes every child, the workloads and the route.
+    services
+        .delete(Some("default"), "hello")
+        .await
+        .expect("deleted");
+    eventually("children and workloads gone", || {
+        let revisions = Arc::clone(&revisions);
+        let backend = backend.clone();
+        let routing = routing.clone();
+        async move {
+            let left = revisions
+                .list(Some("default"), &Default::default())
+                .await
+                .ok()?;
+            let workload_gone = backend
+                .status(&WorkloadKey::new("default", "hello-00001"))
+                .is_err();
+            (left.is_empty() && workload_gone && routing.snapshot().is_empty()).then_some(())
+        }
+    })
+    .await;
+    let _ = stop.send(());
+    running.await.expect("controllers stopped");
+}
