@@ -1,5 +1,5 @@
 //! The Serving reconcilers, written once against
-//! [`Objects`](knative_core::store::Objects) and run by
+//! [`Objects`] and run by
 //! [`knative_core::runtime::Controller`] (`specs/SERVING.md §1–§2`):
 //!
 //! - [`ServiceReconciler`]: Service → Configuration + Route of the same
@@ -8,11 +8,11 @@
 //!   generation, `latestCreatedRevisionName` / `latestReadyRevisionName`,
 //!   revision garbage collection;
 //! - [`RevisionReconciler`]: Revision → replicas on a
-//!   [`WorkloadBackend`](crate::backend::WorkloadBackend), and its
+//!   [`WorkloadBackend`], and its
 //!   conditions from what the backend reports;
 //! - [`RouteReconciler`]: Route → resolved traffic, URLs, routing state of
 //!   revisions, and its [`TrafficTable`](crate::traffic::TrafficTable) in the
-//!   [`RoutingTable`](crate::traffic::RoutingTable).
+//!   [`RoutingTable`].
 //!
 //! Desired state is computed by pure `desired_*` functions next to each
 //! reconciler; the reconcilers only read, compare and write.

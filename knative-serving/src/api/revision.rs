@@ -38,36 +38,12 @@ const RESERVED_MOUNT_PATHS: [&str; 6] = ["/", "/dev", "/dev/log", "/tmp", "/var"
     category = "all",
     category = "knative",
     category = "serving",
-    printcolumn(
-        name = "Config Name",
-        type_ = "string",
-        json_path = ".metadata.labels['serving\\.knative\\.dev/configuration']"
-    ),
-    printcolumn(
-        name = "Generation",
-        type_ = "string",
-        json_path = ".metadata.labels['serving\\.knative\\.dev/configurationGeneration']"
-    ),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type=='Ready')].status"
-    ),
-    printcolumn(
-        name = "Reason",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type=='Ready')].reason"
-    ),
-    printcolumn(
-        name = "Actual Replicas",
-        type_ = "integer",
-        json_path = ".status.actualReplicas"
-    ),
-    printcolumn(
-        name = "Desired Replicas",
-        type_ = "integer",
-        json_path = ".status.desiredReplicas"
-    )
+    printcolumn = r#"{"name":"Config Name","type":"string","jsonPath":".metadata.labels['serving\\.knative\\.dev/configuration']"}"#,
+    printcolumn = r#"{"name":"Generation","type":"string","jsonPath":".metadata.labels['serving\\.knative\\.dev/configurationGeneration']"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type=='Ready')].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type=='Ready')].reason"}"#,
+    printcolumn = r#"{"name":"Actual Replicas","type":"integer","jsonPath":".status.actualReplicas"}"#,
+    printcolumn = r#"{"name":"Desired Replicas","type":"integer","jsonPath":".status.desiredReplicas"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RevisionSpec {

@@ -26,27 +26,11 @@ use super::{Addressable, RevisionTemplateSpec, TrafficTarget};
     category = "all",
     category = "knative",
     category = "serving",
-    printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
-    printcolumn(
-        name = "LatestCreated",
-        type_ = "string",
-        json_path = ".status.latestCreatedRevisionName"
-    ),
-    printcolumn(
-        name = "LatestReady",
-        type_ = "string",
-        json_path = ".status.latestReadyRevisionName"
-    ),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type=='Ready')].status"
-    ),
-    printcolumn(
-        name = "Reason",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type=='Ready')].reason"
-    )
+    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.url"}"#,
+    printcolumn = r#"{"name":"LatestCreated","type":"string","jsonPath":".status.latestCreatedRevisionName"}"#,
+    printcolumn = r#"{"name":"LatestReady","type":"string","jsonPath":".status.latestReadyRevisionName"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type=='Ready')].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type=='Ready')].reason"}"#
 )]
 pub struct ServiceSpec {
     /// The revision template (the Service's Configuration).

@@ -231,12 +231,12 @@ impl Reconciler<Configuration> for ConfigurationReconciler {
                     status.latest_ready_revision_name = newer.metadata.name.clone();
                 }
                 match ready_condition(&latest) {
-                    Some(c) if c.is_true() => {
-                        if status.latest_ready_revision_name.as_deref()
-                            == Some(latest_name.as_str())
-                        {
-                            m.mark_true(READY);
-                        }
+                    Some(c)
+                        if c.is_true()
+                            && status.latest_ready_revision_name.as_deref()
+                                == Some(latest_name.as_str()) =>
+                    {
+                        m.mark_true(READY);
                     }
                     Some(c) if c.is_false() => m.mark_false(
                         READY,

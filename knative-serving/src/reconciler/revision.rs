@@ -383,7 +383,8 @@ spec:
 
     #[test]
     fn replicas_follow_routing_state_and_scale_annotations() {
-        let cases: &[(&[(&str, &str)], &[(&str, &str)], u32)] = &[
+        type Pairs<'a> = &'a [(&'a str, &'a str)];
+        let cases: &[(Pairs, Pairs, u32)] = &[
             (&[], &[], 1),
             (&[(keys::ROUTING_STATE, "pending")], &[], 1),
             (

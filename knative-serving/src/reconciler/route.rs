@@ -30,11 +30,14 @@ fn condition_set() -> ConditionSet {
     ConditionSet::living(&[ALL_TRAFFIC_ASSIGNED, INGRESS_READY, CERTIFICATE_PROVISIONED])
 }
 
+/// The configuration and revision names one Route references.
+type References = (HashSet<String>, HashSet<String>);
+
 /// Which configurations and revisions each Route references, so a change
 /// of one re-queues the Routes that depend on it.
 #[derive(Clone, Debug, Default)]
 pub struct RouteIndex {
-    refs: Arc<Mutex<HashMap<ObjectKey, (HashSet<String>, HashSet<String>)>>>,
+    refs: Arc<Mutex<HashMap<ObjectKey, References>>>,
 }
 
 impl RouteIndex {
