@@ -118,6 +118,17 @@ fn serving_config(ctx: &Context<'_>) -> ServingConfig {
     ctx.config::<ServingConfig>().cloned().unwrap_or_default()
 }
 
+impl Revision {
+    /// The `serving.knative.dev/routingState` label, if set to a known state.
+    pub fn routing_state(&self) -> Option<super::RoutingState> {
+        self.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(keys::ROUTING_STATE))
+            .and_then(|s| super::RoutingState::parse(s))
+    }
+}
+
 impl RevisionSpec {
     /// Index of the serving container: the one with a port, else the first.
     pub fn serving_container_index(&self) -> usize {
@@ -555,15 +566,15 @@ impl Validate for Revision {
         {
             errs.push(
                 FieldError::new("Immutable fields changed (-old +new)", "spec")
-                    .with_details(spec_diff(&original.spec, &self.spec)),
+                    .with_details(json_diff(&original.spec, &self.spec)),
             );
         }
         errs
     }
 }
 
-/// A short `-old +new` rendering of the top-level spec fields that differ.
-fn spec_diff(old: &RevisionSpec, new: &RevisionSpec) -> String {
+/// A short `-old +new` rendering of the top-level fields that differ.
+pub(crate) fn json_diff<T: Serialize>(old: &T, new: &T) -> String {
     let old = serde_json::to_value(old).unwrap_or_default();
     let new = serde_json::to_value(new).unwrap_or_default();
     let empty = serde_json::Map::new();

@@ -75,7 +75,11 @@ impl TrafficTarget {
     /// Validates one target; paths are relative to the target.
     pub(crate) fn validate(&self, scope: TrafficScope) -> FieldError {
         let mut errs = FieldError::none();
-        if let Some(latest) = self.latest_revision {
+        // A spec-only rule: resolved status targets name their revision.
+        if let Some(latest) = self
+            .latest_revision
+            .filter(|_| scope != TrafficScope::Status)
+        {
             let pinned = self.has_revision();
             if pinned == latest {
                 errs.push(FieldError::new(

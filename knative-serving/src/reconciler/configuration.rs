@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use knative_core::apis::names::child_name;
-use knative_core::condition::{Condition, ConditionSet, READY};
+use knative_core::condition::{Condition, ConditionSet, ConditionStatus, READY};
 use knative_core::runtime::{Action, Reconciler};
 use knative_core::store::{Objects, StoreError};
 use kube::core::Selector;
@@ -15,6 +15,11 @@ use kube::core::Selector;
 use super::{ReconcileError, controller_reference, gc, is_controlled_by, now_rfc3339};
 use crate::api::{Configuration, Revision, RoutingState, keys};
 use crate::config::ServingConfig;
+
+/// How soon to look again at a conflict only a user can resolve.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often to re-run revision GC while unserved revisions remain.
+const GC_RECHECK: std::time::Duration = std::time::Duration::from_secs(3600);
 
 fn condition_set() -> ConditionSet {
     ConditionSet::living(&[])
@@ -164,6 +169,13 @@ impl ConfigurationReconciler {
                 "Revision creation failed with message: revision {name:?} already exists and belongs to another Configuration."
             )));
         }
+        if generation_of(&rev) != configuration.metadata.generation.unwrap_or(0) {
+            return Ok(Err(format!(
+                "Revision creation failed with message: revision {name:?} was stamped from generation {} of this Configuration; \
+                 a changed template needs a new revision name.",
+                generation_of(&rev)
+            )));
+        }
         Ok(Ok(rev))
     }
 }
@@ -179,87 +191,105 @@ impl Reconciler<Configuration> for ConfigurationReconciler {
         let ns = configuration.metadata.namespace.clone();
         let name = configuration.metadata.name.clone().unwrap_or_default();
         let mut status = configuration.status.clone().unwrap_or_default();
+        status.status.observed_generation = configuration.metadata.generation;
+        let mut action = Action::await_change();
+
+        // The Ready condition this pass decides, set once at the end so its
+        // lastTransitionTime only moves on a real change.
+        let ready: (ConditionStatus, String, String) =
+            match self.latest_created(&configuration).await? {
+                Err(message) => {
+                    // Only the user can free the name; look again later.
+                    action = Action::requeue_after(RECHECK);
+                    (ConditionStatus::False, "RevisionFailed".to_owned(), message)
+                }
+                Ok(latest) => {
+                    let latest_name = latest.metadata.name.clone().unwrap_or_default();
+                    status.latest_created_revision_name = Some(latest_name.clone());
+                    let selector: Selector = [(keys::CONFIGURATION.to_owned(), name.clone())]
+                        .into_iter()
+                        .collect();
+                    let mut owned: Vec<Revision> = self
+                        .revisions
+                        .list(ns.as_deref(), &selector)
+                        .await?
+                        .into_iter()
+                        .filter(|r| {
+                            is_controlled_by(&r.metadata, configuration.metadata.uid.as_deref())
+                        })
+                        .collect();
+                    owned.sort_by_key(|r| std::cmp::Reverse(generation_of(r)));
+
+                    // latestReadyRevisionName only moves forward: to the newest
+                    // ready revision stamped after the current one.
+                    let current_ready = status.latest_ready_revision_name.clone();
+                    let current_generation = current_ready
+                        .as_deref()
+                        .and_then(|n| owned.iter().find(|r| r.metadata.name.as_deref() == Some(n)))
+                        .map(generation_of);
+                    let deleted = current_ready
+                        .clone()
+                        .filter(|_| current_generation.is_none());
+                    if deleted.is_some() {
+                        status.latest_ready_revision_name = None;
+                    }
+                    let floor = current_generation.unwrap_or(0);
+                    if let Some(newer) = owned
+                        .iter()
+                        .filter(|r| generation_of(r) >= floor)
+                        .find(|r| ready_condition(r).is_some_and(Condition::is_true))
+                    {
+                        status.latest_ready_revision_name = newer.metadata.name.clone();
+                    }
+
+                    let decided = match ready_condition(&latest) {
+                        Some(c) if c.is_false() => (
+                            ConditionStatus::False,
+                            "RevisionFailed".to_owned(),
+                            format!(
+                                "Revision {latest_name:?} failed with message: {}.",
+                                c.message
+                            ),
+                        ),
+                        _ if status.latest_ready_revision_name.as_deref()
+                            == Some(latest_name.as_str()) =>
+                        {
+                            (ConditionStatus::True, String::new(), String::new())
+                        }
+                        _ => match deleted {
+                            Some(gone) => (
+                                ConditionStatus::False,
+                                "RevisionDeleted".to_owned(),
+                                format!("Revision {gone:?} was deleted."),
+                            ),
+                            None => (ConditionStatus::Unknown, String::new(), String::new()),
+                        },
+                    };
+                    if self
+                        .collect_garbage(&configuration, &status.latest_ready_revision_name, &owned)
+                        .await?
+                    {
+                        action = Action::requeue_after(GC_RECHECK);
+                    }
+                    decided
+                }
+            };
         let set = condition_set();
         let mut m = set.manage(&mut status.status.conditions);
         m.initialize();
-        status.status.observed_generation = configuration.metadata.generation;
-
-        match self.latest_created(&configuration).await? {
-            Err(message) => m.mark_false(READY, "RevisionFailed", &message),
-            Ok(latest) => {
-                let latest_name = latest.metadata.name.clone().unwrap_or_default();
-                status.latest_created_revision_name = Some(latest_name.clone());
-                if status.latest_ready_revision_name.as_deref() != Some(latest_name.as_str()) {
-                    m.mark_unknown(READY, "", "");
-                }
-                // latestReadyRevisionName only moves forward: to the newest
-                // ready revision stamped after the current one.
-                let selector: Selector = [(keys::CONFIGURATION.to_owned(), name.clone())]
-                    .into_iter()
-                    .collect();
-                let mut owned: Vec<Revision> = self
-                    .revisions
-                    .list(ns.as_deref(), &selector)
-                    .await?
-                    .into_iter()
-                    .filter(|r| {
-                        is_controlled_by(&r.metadata, configuration.metadata.uid.as_deref())
-                    })
-                    .collect();
-                owned.sort_by_key(|r| std::cmp::Reverse(generation_of(r)));
-                let current_ready = status.latest_ready_revision_name.clone();
-                let current_generation = current_ready
-                    .as_deref()
-                    .and_then(|n| owned.iter().find(|r| r.metadata.name.as_deref() == Some(n)))
-                    .map(generation_of);
-                if let Some(ready_name) = &current_ready
-                    && current_generation.is_none()
-                {
-                    m.mark_false(
-                        READY,
-                        "RevisionMissing",
-                        &format!("Latest ready revision {ready_name:?} was deleted."),
-                    );
-                    status.latest_ready_revision_name = None;
-                }
-                let floor = current_generation.unwrap_or(0);
-                if let Some(newer) = owned
-                    .iter()
-                    .filter(|r| generation_of(r) >= floor)
-                    .find(|r| ready_condition(r).is_some_and(Condition::is_true))
-                {
-                    status.latest_ready_revision_name = newer.metadata.name.clone();
-                }
-                match ready_condition(&latest) {
-                    Some(c)
-                        if c.is_true()
-                            && status.latest_ready_revision_name.as_deref()
-                                == Some(latest_name.as_str()) =>
-                    {
-                        m.mark_true(READY);
-                    }
-                    Some(c) if c.is_false() => m.mark_false(
-                        READY,
-                        "RevisionFailed",
-                        &format!(
-                            "Revision {latest_name:?} failed with message: {}.",
-                            c.message
-                        ),
-                    ),
-                    _ => {}
-                }
-                drop(m);
-                self.collect_garbage(&configuration, &status.latest_ready_revision_name, &owned)
-                    .await?;
-            }
+        match ready.0 {
+            ConditionStatus::True => m.mark_true(READY),
+            ConditionStatus::False => m.mark_false(READY, &ready.1, &ready.2),
+            ConditionStatus::Unknown => m.mark_unknown(READY, &ready.1, &ready.2),
         }
+        drop(m);
 
         if configuration.status.as_ref() != Some(&status) {
             let mut updated = (*configuration).clone();
             updated.status = Some(status);
             self.configurations.replace_status(&updated).await?;
         }
-        Ok(Action::await_change())
+        Ok(action)
     }
 }
 
@@ -271,20 +301,24 @@ impl ConfigurationReconciler {
         configuration: &Configuration,
         latest_ready: &Option<String>,
         owned: &[Revision],
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let candidates: Vec<gc::GcCandidate> = owned.iter().map(gc_candidate).collect();
         let now = jiff::Timestamp::now().as_second();
         let doomed =
             gc::revisions_to_delete(&self.config.gc, latest_ready.as_deref(), &candidates, now);
         let ns = configuration.metadata.namespace.as_deref();
-        for name in doomed {
+        for name in &doomed {
             tracing::info!(revision = %name, "garbage-collecting revision");
-            match self.revisions.delete(ns, &name).await {
+            match self.revisions.delete(ns, name).await {
                 Err(e) if !e.is_not_found() => return Err(e),
                 _ => {}
             }
         }
-        Ok(())
+        // GC is time-based: while unserved revisions remain, look again later.
+        let waiting = candidates
+            .iter()
+            .any(|c| c.routing_state == Some(RoutingState::Reserve) && !doomed.contains(&c.name));
+        Ok(waiting)
     }
 }
 
@@ -306,11 +340,7 @@ fn gc_candidate(revision: &Revision) -> gc::GcCandidate {
         last_active: annotation(keys::ROUTING_STATE_MODIFIED)
             .and_then(|v| v.parse::<jiff::Timestamp>().ok())
             .map(|t| t.as_second()),
-        routing_state: meta
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(keys::ROUTING_STATE))
-            .and_then(|s| RoutingState::parse(s)),
+        routing_state: revision.routing_state(),
         no_gc: gc::no_gc_annotation_set(annotation(keys::NO_GC)),
     }
 }

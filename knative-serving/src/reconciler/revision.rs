@@ -18,7 +18,7 @@ use knative_core::runtime::{Action, Handle, Reconciler};
 use knative_core::store::{ObjectKey, Objects};
 
 use super::ReconcileError;
-use crate::api::{ContainerStatus, Revision, RoutingState, keys};
+use crate::api::{ContainerStatus, Revision, RevisionStatus, RoutingState, keys};
 use crate::backend::{BackendError, WorkloadBackend, WorkloadKey, WorkloadSpec};
 use crate::config::ServingConfig;
 
@@ -55,13 +55,7 @@ fn scale_annotation(revision: &Revision, key: &str) -> Option<u32> {
 /// `max(initial-scale, min-scale)` but at least one, at most `max-scale`
 /// (0 = unlimited).
 pub fn desired_replicas(revision: &Revision) -> u32 {
-    let state = revision
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(keys::ROUTING_STATE))
-        .and_then(|s| RoutingState::parse(s));
-    if state == Some(RoutingState::Reserve) {
+    if revision.routing_state() == Some(RoutingState::Reserve) {
         return 0;
     }
     let min = scale_annotation(revision, keys::MIN_SCALE).unwrap_or(0);
@@ -196,6 +190,19 @@ impl RevisionReconciler {
         }
     }
 
+    async fn write_status(
+        &self,
+        revision: &Revision,
+        status: RevisionStatus,
+    ) -> Result<(), ReconcileError> {
+        if revision.status.as_ref() != Some(&status) {
+            let mut updated = revision.clone();
+            updated.status = Some(status);
+            self.revisions.replace_status(&updated).await?;
+        }
+        Ok(())
+    }
+
     async fn finalize(
         &self,
         revision: &Revision,
@@ -279,9 +286,19 @@ impl Reconciler<Revision> for RevisionReconciler {
                 status.desired_replicas = Some(0);
                 status.actual_replicas = Some(0);
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                m.mark_unknown(RESOURCES_AVAILABLE, "BackendError", &e.to_string());
+                drop(m);
+                self.write_status(&revision, status).await?;
+                return Err(e.into());
+            }
             Ok(()) => {
-                self.backend.scale(&key, desired).await?;
+                if let Err(e) = self.backend.scale(&key, desired).await {
+                    m.mark_unknown(RESOURCES_AVAILABLE, "BackendError", &e.to_string());
+                    drop(m);
+                    self.write_status(&revision, status).await?;
+                    return Err(e.into());
+                }
                 self.watch_workload(&key)?;
                 let workload = self.backend.status(&key)?.borrow().clone();
                 status.desired_replicas = Some(i32::try_from(desired).unwrap_or(i32::MAX));
@@ -338,11 +355,7 @@ impl Reconciler<Revision> for RevisionReconciler {
         drop(m);
         tracing::debug!(revision = %key, desired, ready, "revision reconciled");
 
-        if revision.status.as_ref() != Some(&status) {
-            let mut updated = (*revision).clone();
-            updated.status = Some(status);
-            self.revisions.replace_status(&updated).await?;
-        }
+        self.write_status(&revision, status).await?;
         Ok(match requeue {
             Some(delay) => Action::requeue_after(delay),
             None => Action::await_change(),

@@ -135,15 +135,6 @@ fn routes_of(revision: &Revision) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn routing_state(revision: &Revision) -> Option<RoutingState> {
-    revision
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(keys::ROUTING_STATE))
-        .and_then(|s| RoutingState::parse(s))
-}
-
 /// `revision` with `route` added to or removed from its routes annotation
 /// and its routing state updated (`active` while some route serves it,
 /// `reserve` once none does); `None` when nothing changes.
@@ -161,7 +152,7 @@ fn relabel(revision: &Revision, route: &str, referenced: bool) -> Option<Revisio
     } else {
         RoutingState::Active
     };
-    if had == referenced && routing_state(revision) == Some(state) {
+    if had == referenced && revision.routing_state() == Some(state) {
         return None;
     }
     let mut updated = revision.clone();
@@ -174,7 +165,7 @@ fn relabel(revision: &Revision, route: &str, referenced: bool) -> Option<Revisio
     } else {
         annotations.insert(keys::ROUTES.to_owned(), routes.join(","));
     }
-    if routing_state(revision) != Some(state) {
+    if revision.routing_state() != Some(state) {
         annotations.insert(keys::ROUTING_STATE_MODIFIED.to_owned(), now_rfc3339());
         updated
             .metadata
@@ -183,6 +174,71 @@ fn relabel(revision: &Revision, route: &str, referenced: bool) -> Option<Revisio
             .insert(keys::ROUTING_STATE.to_owned(), state.as_str().to_owned());
     }
     Some(updated)
+}
+
+/// The annotation changes from `before` to `after` as a merge patch
+/// (a removed routes annotation becomes `null`).
+fn routing_annotations(before: &Revision, after: &Revision) -> serde_json::Value {
+    let empty = BTreeMap::new();
+    let old = before.metadata.annotations.as_ref().unwrap_or(&empty);
+    let new = after.metadata.annotations.as_ref().unwrap_or(&empty);
+    let mut patch = serde_json::Map::new();
+    for key in [keys::ROUTES, keys::ROUTING_STATE_MODIFIED] {
+        if old.get(key) != new.get(key) {
+            patch.insert(
+                key.to_owned(),
+                new.get(key)
+                    .map_or(serde_json::Value::Null, |v| v.clone().into()),
+            );
+        }
+    }
+    serde_json::Value::Object(patch)
+}
+
+/// The Route's `status.traffic`: one entry per spec target, except that a
+/// `latestRevision` target that a gradual rollout is moving becomes one
+/// entry per revision with its current share (upstream's
+/// `GetRevisionTrafficTargets`); only the newest of those keeps
+/// `latestRevision: true`.
+fn status_traffic(
+    resolved: &[traffic::ResolvedTarget],
+    rollout: &Rollout,
+    tag_url: &dyn Fn(&str) -> String,
+) -> Vec<TrafficTarget> {
+    let mut out = Vec::with_capacity(resolved.len());
+    for t in resolved {
+        let tag = t.tag.clone();
+        let url = tag.as_deref().map(tag_url);
+        let rolled = t
+            .configuration_name
+            .as_deref()
+            .filter(|_| t.latest_revision)
+            .and_then(|c| rollout.revision_percents(c, tag.as_deref().unwrap_or("")))
+            .filter(|revisions| revisions.len() > 1);
+        match rolled {
+            Some(revisions) => {
+                for r in revisions {
+                    out.push(TrafficTarget {
+                        tag: tag.clone(),
+                        revision_name: Some(r.revision_name.clone()),
+                        configuration_name: None,
+                        latest_revision: Some(r.revision_name == t.revision_name),
+                        percent: Some(r.percent),
+                        url: url.clone(),
+                    });
+                }
+            }
+            None => out.push(TrafficTarget {
+                tag,
+                revision_name: Some(t.revision_name.clone()),
+                configuration_name: None,
+                latest_revision: Some(t.latest_revision),
+                percent: Some(t.percent),
+                url,
+            }),
+        }
+    }
+    out
 }
 
 impl RouteReconciler {
@@ -223,7 +279,13 @@ impl RouteReconciler {
                 continue;
             }
             if let Some(updated) = relabel(revision, &route_name, referenced) {
-                match self.revisions.replace(&updated).await {
+                // A merge patch of metadata only: no conflict with status writes.
+                let patch = serde_json::json!({"metadata": {
+                    "labels": updated.metadata.labels,
+                    "annotations": routing_annotations(revision, &updated),
+                }});
+                let ns = revision.metadata.namespace.as_deref();
+                match self.revisions.patch(ns, name, &patch).await {
                     Err(e) if !e.is_not_found() => return Err(e.into()),
                     _ => {}
                 }
@@ -242,7 +304,6 @@ impl RouteReconciler {
         resolved: &[traffic::ResolvedTarget],
         owners: &HashMap<&str, &str>,
         annotations: &mut BTreeMap<String, String>,
-        ingress_was_ready: bool,
     ) -> (Rollout, Option<Duration>) {
         let default_secs =
             i64::try_from(self.config.network.rollout_duration.as_secs()).unwrap_or(i64::MAX);
@@ -285,9 +346,9 @@ impl RouteReconciler {
         let mut previous = annotations
             .get(rollout::ROLLOUT_ANNOTATION)
             .and_then(|a| Rollout::from_annotation(a).ok());
-        if let Some(previous) = previous.as_mut()
-            && !ingress_was_ready
-        {
+        // Publishing is synchronous, so the "ingress" is ready now; the
+        // step parameters are computed once, on the first ready observation.
+        if let Some(previous) = previous.as_mut() {
             previous.observe_ready(now, duration.as_secs_f64());
         }
         let (next, next_step) = goal.step(previous.as_ref(), now);
@@ -432,6 +493,20 @@ impl Reconciler<Route> for RouteReconciler {
             "autoTLS is not enabled",
         );
 
+        // Revisions this route keeps warm, whether or not every target
+        // resolves yet: pinned revisions that exist, and the latest created
+        // and latest ready revisions of the configurations it follows.
+        let mut keep: HashSet<String> = referenced_revisions
+            .iter()
+            .filter(|r| revision_states.contains_key(*r))
+            .cloned()
+            .collect();
+        for config in configurations.values() {
+            let status = config.status.clone().unwrap_or_default();
+            keep.extend(status.latest_created_revision_name);
+            keep.extend(status.latest_ready_revision_name);
+        }
+
         match traffic::resolve(&spec.traffic, &config_states, &revision_states) {
             Err(e) => {
                 if e.status == ConditionStatus::False {
@@ -439,30 +514,11 @@ impl Reconciler<Route> for RouteReconciler {
                 } else {
                     m.mark_unknown(ALL_TRAFFIC_ASSIGNED, e.reason, &e.message);
                 }
+                drop(m);
+                self.label_revisions(&route, &keep, &revisions).await?;
             }
             Ok(resolved) => {
                 m.mark_true(ALL_TRAFFIC_ASSIGNED);
-                status.traffic = resolved
-                    .iter()
-                    .map(|t| TrafficTarget {
-                        tag: t.tag.clone(),
-                        revision_name: Some(t.revision_name.clone()),
-                        configuration_name: None,
-                        latest_revision: Some(t.latest_revision),
-                        percent: Some(t.percent),
-                        url: t.tag.as_ref().map(|tag| {
-                            format!(
-                                "http://{}",
-                                network.tag_host(tag, &name, &namespace, cluster_local)
-                            )
-                        }),
-                    })
-                    .collect();
-                let previous_ingress_ready = route
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.status.condition(INGRESS_READY))
-                    .is_some_and(|c| c.is_true());
                 let owners: HashMap<&str, &str> = revisions
                     .iter()
                     .filter_map(|r| {
@@ -470,15 +526,17 @@ impl Reconciler<Route> for RouteReconciler {
                         Some((r.metadata.name.as_deref()?, config.as_str()))
                     })
                     .collect();
-                let (rollout, next_step) = self.rollout(
-                    &route,
-                    &resolved,
-                    &owners,
-                    &mut status.status.annotations,
-                    previous_ingress_ready,
-                );
+                let (rollout, next_step) =
+                    self.rollout(&route, &resolved, &owners, &mut status.status.annotations);
                 requeue = next_step;
-                let tags = resolved
+                let tag_url = |tag: &str| {
+                    format!(
+                        "http://{}",
+                        network.tag_host(tag, &name, &namespace, cluster_local)
+                    )
+                };
+                status.traffic = status_traffic(&resolved, &rollout, &tag_url);
+                let tags: Vec<TagRoute> = resolved
                     .iter()
                     .filter_map(|t| {
                         t.tag.as_ref().map(|tag| TagRoute {
@@ -493,7 +551,7 @@ impl Reconciler<Route> for RouteReconciler {
                         })
                     })
                     .collect();
-                self.routing.publish(TrafficTable {
+                let table = TrafficTable {
                     namespace: namespace.clone(),
                     route: name.clone(),
                     host: if cluster_local {
@@ -504,12 +562,22 @@ impl Reconciler<Route> for RouteReconciler {
                     cluster_local_host: local_host.clone(),
                     targets: TrafficTable::split(&resolved, &rollout, ""),
                     tags,
-                });
+                };
+                // Every revision the table sends requests to is served,
+                // including older ones mid-rollout.
+                keep.extend(table.targets.iter().map(|w| w.revision.clone()));
+                keep.extend(
+                    table
+                        .tags
+                        .iter()
+                        .flat_map(|t| t.targets.iter().map(|w| w.revision.clone())),
+                );
                 m.mark_true(INGRESS_READY);
-                let served: HashSet<String> =
-                    resolved.into_iter().map(|t| t.revision_name).collect();
                 drop(m);
-                self.label_revisions(&route, &served, &revisions).await?;
+                // Label before publishing, so nothing is routed to a revision
+                // that is still scaled down as `reserve`.
+                self.label_revisions(&route, &keep, &revisions).await?;
+                self.routing.publish(table);
             }
         }
 
@@ -541,7 +609,7 @@ mod tests {
     }
 
     fn state_and_routes(rev: &Revision) -> (Option<RoutingState>, Vec<String>) {
-        (routing_state(rev), routes_of(rev))
+        (rev.routing_state(), routes_of(rev))
     }
 
     #[test]

@@ -10,7 +10,8 @@ use knative_core::store::{ApiObject, Objects, StoreError};
 
 use super::{ReconcileError, controller_reference, is_controlled_by, propagated_annotations};
 use crate::api::{
-    Configuration, ConfigurationSpec, Revision, Route, RouteSpec, Service, TrafficTarget, keys,
+    Configuration, ConfigurationSpec, Revision, Route, RouteSpec, Service, ServiceStatus,
+    TrafficTarget, keys,
 };
 use crate::config::ServingConfig;
 
@@ -151,6 +152,21 @@ impl ServiceReconciler {
     }
 }
 
+/// How soon to look again at a conflict only a user can resolve.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether `revision` was stamped by `configuration` at its current generation.
+fn is_ours(revision: &Revision, configuration: &Configuration) -> bool {
+    let generation = revision
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(keys::CONFIGURATION_GENERATION))
+        .and_then(|g| g.parse::<i64>().ok());
+    is_controlled_by(&revision.metadata, configuration.metadata.uid.as_deref())
+        && generation == configuration.metadata.generation
+}
+
 fn mirror(m: &mut ConditionManager<'_>, type_: &str, source: Option<&Condition>) {
     match source {
         Some(c) if c.is_true() => m.mark_true(type_),
@@ -210,10 +226,11 @@ impl Reconciler<Service> for ServiceReconciler {
         let ns = service.metadata.namespace.clone();
 
         let mut status = service.status.clone().unwrap_or_default();
+        status.status.observed_generation = service.metadata.generation;
         let set = condition_set();
         let mut m = set.manage(&mut status.status.conditions);
         m.initialize();
-        status.status.observed_generation = service.metadata.generation;
+        let mut action = Action::await_change();
 
         let configuration = Self::sync_child(
             self.configurations.as_ref(),
@@ -222,6 +239,68 @@ impl Reconciler<Service> for ServiceReconciler {
             |a, b| a.spec != b.spec,
         )
         .await?;
+        let Some(cfg) = configuration else {
+            m.mark_false(
+                CONFIGURATIONS_READY,
+                "NotOwned",
+                &format!("There is an existing Configuration {name:?} that we do not own."),
+            );
+            drop(m);
+            self.write_status(&service, status).await?;
+            // Nothing re-queues us when the other owner's object goes away.
+            return Ok(Action::requeue_after(RECHECK));
+        };
+        let cfg_status = cfg.status.clone().unwrap_or_default();
+        let cfg_observed = cfg_status.status.observed_generation == cfg.metadata.generation;
+        if cfg_observed {
+            mirror(
+                &mut m,
+                CONFIGURATIONS_READY,
+                cfg_status.status.condition(READY),
+            );
+            status.latest_created_revision_name = cfg_status.latest_created_revision_name.clone();
+            status.latest_ready_revision_name = cfg_status.latest_ready_revision_name.clone();
+        } else {
+            m.mark_unknown(
+                CONFIGURATIONS_READY,
+                "OutOfDate",
+                "The Configuration is still working to reflect the latest desired specification.",
+            );
+        }
+
+        // With a revision name of the user's choosing, traffic may only move
+        // once the Configuration stamped that very revision.
+        if let Some(byo) = service
+            .spec
+            .template
+            .metadata
+            .name
+            .as_deref()
+            .filter(|n| !n.is_empty())
+        {
+            if !cfg_observed {
+                drop(m);
+                self.write_status(&service, status).await?;
+                return Ok(Action::await_change());
+            }
+            match self.revisions.get(ns.as_deref(), byo).await {
+                Ok(rev) if !is_ours(&rev, &cfg) => {
+                    m.mark_false(
+                        ROUTES_READY,
+                        "RevisionNameTaken",
+                        &format!(
+                            "The revision name {byo:?} is taken by a conflicting Revision, so traffic will not be migrated"
+                        ),
+                    );
+                    drop(m);
+                    self.write_status(&service, status).await?;
+                    return Ok(Action::requeue_after(RECHECK));
+                }
+                Err(e) if !e.is_not_found() => return Err(e.into()),
+                _ => {}
+            }
+        }
+
         let route = Self::sync_child(
             self.routes.as_ref(),
             &service,
@@ -229,57 +308,15 @@ impl Reconciler<Service> for ServiceReconciler {
             |a, b| a.spec != b.spec,
         )
         .await?;
-
-        match &configuration {
-            None => m.mark_false(
-                CONFIGURATIONS_READY,
-                "NotOwned",
-                &format!("There is an existing Configuration {name:?} that we do not own."),
-            ),
-            Some(cfg) => {
-                let cfg_status = cfg.status.clone().unwrap_or_default();
-                if cfg_status.status.observed_generation != cfg.metadata.generation {
-                    m.mark_unknown(
-                        CONFIGURATIONS_READY,
-                        "OutOfDate",
-                        "The Configuration is still working to reflect the latest desired specification.",
-                    );
-                } else {
-                    mirror(
-                        &mut m,
-                        CONFIGURATIONS_READY,
-                        cfg_status.status.condition(READY),
-                    );
-                }
-                status.latest_created_revision_name =
-                    cfg_status.latest_created_revision_name.clone();
-                status.latest_ready_revision_name = cfg_status.latest_ready_revision_name.clone();
-            }
-        }
-        if let Some(byo) = service.spec.template.metadata.name.as_deref()
-            && let Ok(rev) = self.revisions.get(ns.as_deref(), byo).await
-            && rev
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(keys::CONFIGURATION))
-                != Some(&name)
-        {
-            m.mark_false(
-                CONFIGURATIONS_READY,
-                "RevisionNameTaken",
-                &format!(
-                    "The revision name {byo:?} is taken by a revision of another Configuration."
-                ),
-            );
-        }
-
         match &route {
-            None => m.mark_false(
-                ROUTES_READY,
-                "NotOwned",
-                &format!("There is an existing Route {name:?} that we do not own."),
-            ),
+            None => {
+                m.mark_false(
+                    ROUTES_READY,
+                    "NotOwned",
+                    &format!("There is an existing Route {name:?} that we do not own."),
+                );
+                action = Action::requeue_after(RECHECK);
+            }
             Some(route) => {
                 let route_status = route.status.clone().unwrap_or_default();
                 if route_status.status.observed_generation != route.metadata.generation {
@@ -290,7 +327,6 @@ impl Reconciler<Service> for ServiceReconciler {
                     );
                 } else {
                     let ready = route_status.status.condition(READY);
-                    mirror(&mut m, ROUTES_READY, ready);
                     let latest_ready = status.latest_ready_revision_name.as_deref();
                     if ready.is_some_and(Condition::is_true)
                         && !traffic_migrated(route, &name, latest_ready)
@@ -300,21 +336,33 @@ impl Reconciler<Service> for ServiceReconciler {
                             "TrafficNotMigrated",
                             "Traffic is not yet migrated to the latest revision.",
                         );
+                    } else {
+                        mirror(&mut m, ROUTES_READY, ready);
                     }
+                    status.url = route_status.url.clone();
+                    status.address = route_status.address.clone();
+                    status.traffic = route_status.traffic.clone();
                 }
-                status.url = route_status.url.clone();
-                status.address = route_status.address.clone();
-                status.traffic = route_status.traffic.clone();
             }
         }
         drop(m);
+        self.write_status(&service, status).await?;
+        Ok(action)
+    }
+}
 
+impl ServiceReconciler {
+    async fn write_status(
+        &self,
+        service: &Service,
+        status: ServiceStatus,
+    ) -> Result<(), StoreError> {
         if service.status.as_ref() != Some(&status) {
             let mut updated = service.clone();
             updated.status = Some(status);
             self.services.replace_status(&updated).await?;
         }
-        Ok(Action::await_change())
+        Ok(())
     }
 }
 
