@@ -103,8 +103,22 @@ async fn apply(services: &Arc<dyn Objects<Service>>, yaml: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn service_to_ready_revision_then_split_traffic_with_a_tag() {
+struct Running {
+    backend: LocalBackend,
+    objects: ServingObjects,
+    routing: knative_serving::traffic::RoutingTable,
+    stop: tokio::sync::oneshot::Sender<()>,
+    controllers: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.controllers.await.expect("controllers stopped");
+    }
+}
+
+fn start() -> Running {
     let backend = LocalBackend::new(LocalConfig {
         images: [(
             "sample-app".to_owned(),
@@ -125,9 +139,113 @@ async fn service_to_ready_revision_then_split_traffic_with_a_tag() {
     let serving = Serving::new(objects.clone(), Arc::new(backend.clone()), config);
     let routing = serving.routing();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(serving.run(async {
+    let controllers = tokio::spawn(serving.run(async {
         let _ = stopped.await;
     }));
+    Running {
+        backend,
+        objects,
+        routing,
+        stop,
+        controllers,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gradual_rollout_moves_traffic_step_by_step_to_the_new_revision() {
+    let running = start();
+    let services = Arc::clone(&running.objects.services);
+    let revisions = Arc::clone(&running.objects.revisions);
+    apply(&services, &service_yaml("v1", "")).await;
+    ready_service(&services, 1).await;
+
+    // A 4 s rollout: 1% first, then steps of 33 points about every second.
+    let yaml = service_yaml("v2", "").replace(
+        "  namespace: default\n",
+        "  namespace: default\n  annotations:\n    serving.knative.dev/rollout-duration: 4s\n",
+    );
+    apply(&services, &yaml).await;
+    let key = ObjectKey::namespaced("default", "hello");
+    let mut seen: Vec<i64> = Vec::new();
+    let start = Instant::now();
+    loop {
+        let share = running.routing.snapshot().get(&key).map(|t| {
+            t.targets
+                .iter()
+                .find(|w| w.revision == "hello-00002")
+                .map_or(0, |w| w.percent)
+        });
+        if let Some(share) = share
+            && seen.last() != Some(&share)
+        {
+            seen.push(share);
+            if share > 0 && share < 100 {
+                // Mid-rollout the old revision still serves and stays warm.
+                let old = revisions
+                    .get(Some("default"), "hello-00001")
+                    .await
+                    .expect("old revision");
+                assert_eq!(
+                    old.routing_state(),
+                    Some(knative_serving::api::RoutingState::Active)
+                );
+                let svc = services
+                    .get(Some("default"), "hello")
+                    .await
+                    .expect("service");
+                assert!(
+                    !svc.is_ready(),
+                    "the service is not ready while traffic migrates"
+                );
+            }
+        }
+        if seen.last() == Some(&100) {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "rollout stalled at {seen:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let steps: Vec<i64> = seen.iter().copied().filter(|p| *p > 0).collect();
+    assert_eq!(
+        steps.first(),
+        Some(&1),
+        "the new revision starts at 1%: {seen:?}"
+    );
+    assert!(steps.len() >= 3, "traffic moved in steps: {seen:?}");
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "monotonic: {seen:?}");
+    let svc = ready_service(&services, 2).await;
+    assert_eq!(
+        svc.status
+            .as_ref()
+            .and_then(|s| s.latest_ready_revision_name.as_deref()),
+        Some("hello-00002")
+    );
+    let old = eventually("the old revision goes to reserve", || {
+        let revisions = Arc::clone(&revisions);
+        async move {
+            let old = revisions.get(Some("default"), "hello-00001").await.ok()?;
+            (old.routing_state() == Some(knative_serving::api::RoutingState::Reserve))
+                .then_some(old)
+        }
+    })
+    .await;
+    assert!(
+        old.metadata
+            .annotations
+            .as_ref()
+            .is_none_or(|a| !a.contains_key(keys::ROUTES))
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_to_ready_revision_then_split_traffic_with_a_tag() {
+    let running = start();
+    let (backend, objects, routing) = (
+        running.backend.clone(),
+        running.objects.clone(),
+        running.routing.clone(),
+    );
     let services = Arc::clone(&objects.services);
 
     // 1. A new Service becomes Ready with one revision taking all traffic.
@@ -352,6 +470,5 @@ async fn service_to_ready_revision_then_split_traffic_with_a_tag() {
         }
     })
     .await;
-    let _ = stop.send(());
-    running.await.expect("controllers stopped");
+    running.stop().await;
 }
