@@ -350,7 +350,7 @@ async fn process_ignoring_sigterm_is_killed_after_the_grace_period() -> Result<(
         command: Some(vec![
             "sh".into(),
             "-c".into(),
-            "echo pid $$$$; trap '' TERM; while true; do sleep 0.1; done".into(),
+            "trap '' TERM; echo pid $$$$; while true; do sleep 0.1; done".into(),
         ]),
         readiness_probe: Some(Probe {
             exec: Some(ExecAction {

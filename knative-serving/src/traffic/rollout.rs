@@ -46,7 +46,7 @@ pub const ROLLOUT_ANNOTATION: &str = "networking.internal.knative.dev/rollout";
 
 /// Route/Service annotation setting the rollout duration, as a Go duration
 /// string at whole-second precision (for example `"200s"` or `"3m20s"`).
-pub const ROLLOUT_DURATION_ANNOTATION: &str = "serving.knative.dev/rollout-duration";
+pub const ROLLOUT_DURATION_ANNOTATION: &str = crate::api::keys::ROLLOUT_DURATION;
 
 /// Older spelling of [`ROLLOUT_DURATION_ANNOTATION`], still honoured when
 /// the preferred key is absent.
