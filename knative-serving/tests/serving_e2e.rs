@@ -472,3 +472,121 @@ async fn service_to_ready_revision_then_split_traffic_with_a_tag() {
     .await;
     running.stop().await;
 }
+
+fn configuration_yaml(name: &str, revision: &str, target: &str) -> String {
+    format!(
+        r#"
+apiVersion: serving.knative.dev/v1
+kind: Configuration
+metadata:
+  name: {name}
+  namespace: default
+spec:
+  template:
+    metadata:
+      name: {revision}
+    spec:
+      containers:
+        - image: sample-app
+          env: [{{name: TARGET, value: {target}}}]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_cannot_take_traffic_to_another_configurations_revision() {
+    let running = start();
+    let configurations = Arc::clone(&running.objects.configurations);
+    let services = Arc::clone(&running.objects.services);
+    let other: knative_serving::api::Configuration =
+        serde_yaml::from_str(&configuration_yaml("hello-foo", "hello-foo-00001", "other"))
+            .expect("parses");
+    configurations.create(&other).await.expect("created");
+    eventually("the other configuration's revision", || {
+        let revisions = Arc::clone(&running.objects.revisions);
+        async move { revisions.get(Some("default"), "hello-foo-00001").await.ok() }
+    })
+    .await;
+
+    // `hello-` is the right prefix, but the name belongs to `hello-foo`.
+    let yaml = service_yaml(
+        "mine",
+        "  traffic:\n    - revisionName: hello-foo-00001\n      percent: 100",
+    )
+    .replace(
+        "  template:\n",
+        "  template:\n    metadata:\n      name: hello-foo-00001\n",
+    );
+    apply(&services, &yaml).await;
+    let svc = eventually("RoutesReady=False RevisionNameTaken", || {
+        let services = Arc::clone(&services);
+        async move {
+            let svc = services.get(Some("default"), "hello").await.ok()?;
+            let routes = knative_core::condition::find(
+                &svc.status.as_ref()?.status.conditions,
+                "RoutesReady",
+            )?;
+            (routes.reason == "RevisionNameTaken").then_some(svc)
+        }
+    })
+    .await;
+    let conditions = &svc.status.as_ref().expect("status").status.conditions;
+    assert_eq!(condition(conditions, READY), ConditionStatus::False);
+    assert_eq!(
+        condition(conditions, "ConfigurationsReady"),
+        ConditionStatus::False
+    );
+    assert!(
+        running
+            .objects
+            .routes
+            .get(Some("default"), "hello")
+            .await
+            .is_err(),
+        "no route is created to someone else's revision"
+    );
+    assert!(running.routing.snapshot().is_empty());
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_revision_name_with_a_changed_template_fails_clearly() {
+    let running = start();
+    let configurations = Arc::clone(&running.objects.configurations);
+    let mut cfg: knative_serving::api::Configuration =
+        serde_yaml::from_str(&configuration_yaml("hello", "hello-a", "one")).expect("parses");
+    cfg = configurations.create(&cfg).await.expect("created");
+    for (revision, target) in [("hello-b", "two"), ("hello-a", "three")] {
+        let created = eventually("the revision of the current generation", || {
+            let configurations = Arc::clone(&configurations);
+            let generation = cfg.metadata.generation;
+            async move {
+                let c = configurations.get(Some("default"), "hello").await.ok()?;
+                (c.status.as_ref()?.status.observed_generation == generation).then_some(c)
+            }
+        })
+        .await;
+        // A client that skips validation reuses an old name for a new template.
+        let mut next: knative_serving::api::Configuration =
+            serde_yaml::from_str(&configuration_yaml("hello", revision, target)).expect("parses");
+        next.metadata.resource_version = created.metadata.resource_version.clone();
+        cfg = configurations.replace(&next).await.expect("replaced");
+    }
+    let failed = eventually("Ready=False for the reused name", || {
+        let configurations = Arc::clone(&configurations);
+        async move {
+            let c = configurations.get(Some("default"), "hello").await.ok()?;
+            let ready =
+                knative_core::condition::find(&c.status.as_ref()?.status.conditions, READY)?;
+            (c.metadata.generation == Some(3) && ready.is_false()).then_some(ready.clone())
+        }
+    })
+    .await;
+    assert_eq!(failed.reason, "RevisionFailed");
+    assert!(
+        failed.message.contains("stamped from generation 1"),
+        "{}",
+        failed.message
+    );
+    running.stop().await;
+}
