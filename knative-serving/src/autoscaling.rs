@@ -1,0 +1,13 @@
+//! Autoscaling: Knative's KPA (`specs/SERVING.md §3`).
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`config`] | `config-autoscaler` and the `autoscaling.knative.dev/*` annotations |
+//! | [`kpa`] | the decider: target resolution (§3.3) and the 2-second tick (§3.4) |
+//!
+//! Still to come (issue 4): window averages, the PodAutoscaler layer
+//! (§3.5), the `ScalingPolicy` trait, the property-testing kit and the
+//! simulator.
+
+pub mod config;
+pub mod kpa;
