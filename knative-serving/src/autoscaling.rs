@@ -5,10 +5,11 @@
 //! | [`config`] | `config-autoscaler` and the `autoscaling.knative.dev/*` annotations |
 //! | [`kpa`] | the decider: target resolution (§3.3) and the 2-second tick (§3.4) |
 //! | [`pa`] | the PodAutoscaler layer: bounds, scale to zero, activator mode (§3.5) |
+//! | [`policy`] | the `ScalingPolicy` trait the control plane drives, and `Kpa`, Knative's policy |
 //!
-//! Still to come (issue 4): the `ScalingPolicy` trait, the
-//! property-testing kit and the simulator.
+//! Still to come (issue 4): the property-testing kit and the simulator.
 
 pub mod config;
 pub mod kpa;
 pub mod pa;
+pub mod policy;
