@@ -3,6 +3,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`config`] | `config-autoscaler` and the `autoscaling.knative.dev/*` annotations |
+//! | [`metrics`] | the stable and panic window averages, linear and weighted-exponential (§3.2) |
 //! | [`kpa`] | the decider: target resolution (§3.3) and the 2-second tick (§3.4) |
 //! | [`pa`] | the PodAutoscaler layer: bounds, scale to zero, activator mode (§3.5) |
 //! | [`policy`] | the `ScalingPolicy` trait the control plane drives, and `Kpa`, Knative's policy |
@@ -11,5 +12,6 @@
 
 pub mod config;
 pub mod kpa;
+pub mod metrics;
 pub mod pa;
 pub mod policy;
