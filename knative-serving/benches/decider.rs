@@ -47,7 +47,10 @@ fn bench_single_decider() -> (f64, Duration) {
         runs.push(start.elapsed());
     }
     let m = median(runs);
-    (ticks as f64 / m.as_secs_f64(), m / u32::try_from(ticks).unwrap_or(u32::MAX))
+    (
+        ticks as f64 / m.as_secs_f64(),
+        m / u32::try_from(ticks).unwrap_or(u32::MAX),
+    )
 }
 
 fn bench_fleet_tick() -> Duration {
@@ -76,7 +79,14 @@ fn bench_fleet_tick() -> Duration {
             windows.record(Duration::from_secs(second), load(i, second));
             windows.record(now, load(i, second + 1));
             if let Some((stable, panic)) = windows.stable_and_panic(now) {
-                black_box(decider.decide(now, Observation { ready_pods: 3, stable, panic }));
+                black_box(decider.decide(
+                    now,
+                    Observation {
+                        ready_pods: 3,
+                        stable,
+                        panic,
+                    },
+                ));
             }
         }
         runs.push(start.elapsed());

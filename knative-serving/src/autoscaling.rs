@@ -7,11 +7,14 @@
 //! | [`kpa`] | the decider: target resolution (§3.3) and the 2-second tick (§3.4) |
 //! | [`pa`] | the PodAutoscaler layer: bounds, scale to zero, activator mode (§3.5) |
 //! | [`policy`] | the `ScalingPolicy` trait the control plane drives, and `Kpa`, Knative's policy |
+//! | [`sim`] | replays a load trace through any policy: cost, cold starts, waiting, timeline |
 //!
-//! Still to come (issue 4): the property-testing kit and the simulator.
+//! Still to come (issue 4): the property-testing kit and the simulator's
+//! SVG chart.
 
 pub mod config;
 pub mod kpa;
 pub mod metrics;
 pub mod pa;
 pub mod policy;
+pub mod sim;
