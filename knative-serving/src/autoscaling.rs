@@ -8,9 +8,7 @@
 //! | [`pa`] | the PodAutoscaler layer: bounds, scale to zero, activator mode (§3.5) |
 //! | [`policy`] | the `ScalingPolicy` trait the control plane drives, and `Kpa`, Knative's policy |
 //! | [`sim`] | replays a load trace through any policy: cost, cold starts, waiting, timeline |
-//!
-//! Still to come (issue 4): the property-testing kit and the simulator's
-//! SVG chart.
+//! | `testing` | (feature `testing`) proptest strategies and invariants for any policy |
 
 pub mod config;
 pub mod kpa;
@@ -18,3 +16,5 @@ pub mod metrics;
 pub mod pa;
 pub mod policy;
 pub mod sim;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

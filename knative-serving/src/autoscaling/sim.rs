@@ -17,10 +17,16 @@
 //!   otherwise excess load waits `excess / capacity` seconds (Little's law).
 //!
 //! It is a cost/latency model for comparing policies, not a queueing-exact
-//! replay.
+//! replay. A [`Report`] gives its timeline as CSV
+//! ([`Report::timeline_csv`]) and as an SVG chart
+//! ([`Report::timeline_svg`]); `examples/compare_scaling_policies.rs` in the
+//! repository compares the KPA with a user policy this way.
 
 use std::fmt::Write as _;
 use std::time::Duration;
+
+use plotters::element::DashedPathElement;
+use plotters::prelude::*;
 
 use super::metrics::{Algorithm, MetricWindows};
 use super::pa::ScalingBounds;
@@ -231,6 +237,155 @@ impl Report {
     }
 }
 
+/// Why a simulation's output could not be produced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("timeline chart: {stage} failed: {reason}")]
+pub struct SimError {
+    /// What was being done, e.g. "drawing the axes".
+    pub stage: &'static str,
+    /// The underlying error.
+    pub reason: String,
+}
+
+impl SimError {
+    /// Maps a drawing error to a `SimError` for `stage`.
+    fn chart<E: std::fmt::Display>(stage: &'static str) -> impl FnOnce(E) -> SimError {
+        move |e| SimError {
+            stage,
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// The legend's name of the load series in [`Report::timeline_svg`].
+pub const SERIES_LOAD: &str = "load (in-flight requests, right axis)";
+/// The legend's name of the replicas-asked series in [`Report::timeline_svg`].
+pub const SERIES_REPLICAS: &str = "replicas asked";
+/// The legend's name of the ready-replicas series in [`Report::timeline_svg`].
+pub const SERIES_READY: &str = "ready replicas";
+
+/// Turns per-second samples of a count into a step line: the count holds
+/// for the whole second it was sampled in.
+fn steps(samples: &[Sample], value: impl Fn(&Sample) -> u32) -> Vec<(f64, f64)> {
+    let mut points = Vec::with_capacity(samples.len() * 2);
+    let mut last: Option<f64> = None;
+    for s in samples {
+        let (t, v) = (s.t.as_secs_f64(), f64::from(value(s)));
+        if let Some(prev) = last.filter(|prev| *prev != v) {
+            points.push((t, prev));
+        }
+        points.push((t, v));
+        last = Some(v);
+    }
+    if let (Some(s), Some(v)) = (samples.last(), last) {
+        points.push((s.t.as_secs_f64() + 1.0, v));
+    }
+    points
+}
+
+impl Report {
+    /// The timeline as an SVG chart (960 × 540) titled `title`: time in
+    /// seconds across; replicas asked and ready replicas on the left axis;
+    /// the offered load (in-flight requests) on its own axis on the right,
+    /// scaled to the chart's height. Replicas asked are a solid line, ready
+    /// replicas a dashed one over it, so both show where they agree. The
+    /// SVG uses `<text>` for its labels (the title is escaped), so no font
+    /// files are needed to draw it; the viewer picks a sans-serif font.
+    ///
+    /// Errors name the drawing stage that failed.
+    pub fn timeline_svg(&self, title: &str) -> Result<String, SimError> {
+        let end = self
+            .samples
+            .last()
+            .map_or(1.0, |s| s.t.as_secs_f64() + 1.0)
+            .max(1.0);
+        let most_pods = self
+            .samples
+            .iter()
+            .map(|s| s.replicas.max(s.ready))
+            .max()
+            .unwrap_or(0);
+        // Head room above the highest line for the legend, and at least a
+        // few pods tall.
+        let pods_top = (f64::from(most_pods) * 1.3).ceil().max(4.0);
+        let most_load = self.samples.iter().map(|s| s.load).fold(0.0, f64::max);
+        let load_top = (most_load * 1.3).max(1.0);
+
+        let load_style = RGBColor(230, 120, 20).stroke_width(2);
+        let replicas_style = RGBColor(40, 90, 200).stroke_width(3);
+        // Dashed, on top of the replicas asked: where the two lines agree,
+        // both show.
+        let ready_style = RGBColor(30, 150, 60).stroke_width(2);
+
+        let mut svg = String::new();
+        {
+            let root = SVGBackend::with_string(&mut svg, (960, 540)).into_drawing_area();
+            root.fill(&WHITE)
+                .map_err(SimError::chart("filling the background"))?;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(title, ("sans-serif", 22))
+                .margin(14)
+                .x_label_area_size(44)
+                .y_label_area_size(56)
+                .right_y_label_area_size(70)
+                .build_cartesian_2d(0.0..end, 0.0..pods_top)
+                .map_err(SimError::chart("laying out the chart"))?
+                .set_secondary_coord(0.0..end, 0.0..load_top);
+            chart
+                .configure_mesh()
+                .x_desc("time (s)")
+                .y_desc("replicas")
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .y_label_formatter(&|y| format!("{y:.0}"))
+                .max_light_lines(0)
+                .bold_line_style(RGBColor(225, 225, 225))
+                .draw()
+                .map_err(SimError::chart("drawing the axes"))?;
+            chart
+                .configure_secondary_axes()
+                .y_desc("in-flight requests")
+                .y_label_formatter(&|y| format!("{y:.0}"))
+                .draw()
+                .map_err(SimError::chart("drawing the load axis"))?;
+            let load = self.samples.iter().map(|s| (s.t.as_secs_f64(), s.load));
+            chart
+                .draw_secondary_series(LineSeries::new(load, load_style))
+                .map_err(SimError::chart("drawing the load"))?
+                .label(SERIES_LOAD)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], load_style));
+            chart
+                .draw_series(LineSeries::new(
+                    steps(&self.samples, |s| s.replicas),
+                    replicas_style,
+                ))
+                .map_err(SimError::chart("drawing the replicas asked"))?
+                .label(SERIES_REPLICAS)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], replicas_style));
+            chart
+                .draw_series(DashedLineSeries::new(
+                    steps(&self.samples, |s| s.ready),
+                    6,
+                    4,
+                    ready_style,
+                ))
+                .map_err(SimError::chart("drawing the ready replicas"))?
+                .label(SERIES_READY)
+                .legend(move |(x, y)| {
+                    DashedPathElement::new(vec![(x, y), (x + 20, y)], 6, 4, ready_style)
+                });
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .background_style(WHITE.mix(0.9))
+                .border_style(BLACK)
+                .draw()
+                .map_err(SimError::chart("drawing the legend"))?;
+            root.present().map_err(SimError::chart("writing the SVG"))?;
+        }
+        Ok(svg)
+    }
+}
+
 /// Weighted percentile of `(value, weight)` pairs sorted by value.
 fn percentile(sorted: &[(f64, f64)], total: f64, p: f64) -> Duration {
     if total <= 0.0 {
@@ -402,6 +557,56 @@ mod tests {
                 .timeline_csv()
                 .starts_with("t_seconds,load,replicas,ready,activator_in_path,waiting\n0,0,")
         );
+    }
+
+    #[test]
+    fn the_timeline_renders_as_an_svg_chart() {
+        let trace = Trace::from_csv("0,0\n5,250\n40,0\n").expect("valid");
+        let mut cfg = config();
+        cfg.tail = Duration::from_secs(20);
+        let report = simulate(&mut Kpa::new(DeciderSpec::default()), &trace, &cfg);
+        let svg = report
+            .timeline_svg("KPA on a step")
+            .expect("an SVG in a string needs no fonts");
+        let head: String = svg.chars().take(80).collect();
+        assert!(svg.starts_with("<svg"), "{head}");
+        assert!(svg.trim_end().ends_with("</svg>"));
+        for text in ["KPA on a step", SERIES_LOAD, SERIES_REPLICAS, SERIES_READY] {
+            assert!(svg.contains(text), "the SVG names {text:?}");
+        }
+        assert!(svg.contains("<polyline"), "the series are drawn as lines");
+        // Titles are escaped, so the SVG stays well-formed XML.
+        let svg = report.timeline_svg("<KPA> & co").expect("escaped");
+        assert!(svg.contains("&lt;KPA&gt; &amp; co"));
+        // An empty report still draws (empty) axes.
+        let empty = Report {
+            samples: Vec::new(),
+            ..report
+        };
+        assert!(
+            empty
+                .timeline_svg("nothing")
+                .expect("empty")
+                .contains("</svg>")
+        );
+    }
+
+    #[test]
+    fn counts_are_drawn_as_steps() {
+        let sample = |t: u64, replicas: u32| Sample {
+            t: Duration::from_secs(t),
+            load: 0.0,
+            replicas,
+            ready: 0,
+            activator_in_path: false,
+            waiting: 0.0,
+        };
+        let points = steps(&[sample(0, 1), sample(1, 1), sample(2, 3)], |s| s.replicas);
+        assert_eq!(
+            points,
+            vec![(0.0, 1.0), (1.0, 1.0), (2.0, 1.0), (2.0, 3.0), (3.0, 3.0)]
+        );
+        assert!(steps(&[], |s| s.replicas).is_empty());
     }
 
     /// Keeps a fixed number of replicas.
