@@ -160,9 +160,10 @@ impl Reader<'_> {
 
     fn bool(&self, key: &str, into: &mut bool) -> Result<(), AutoscalingError> {
         if let Some(v) = self.get(key) {
-            *into = match v.to_ascii_lowercase().as_str() {
-                "true" => true,
-                "false" => false,
+            // Go's strconv.ParseBool.
+            *into = match v {
+                "1" | "t" | "T" | "TRUE" | "true" | "True" => true,
+                "0" | "f" | "F" | "FALSE" | "false" | "False" => false,
                 _ => return Err(error(key, v, "expected true or false")),
             };
         }
@@ -238,11 +239,11 @@ impl AutoscalerConfig {
     /// Upstream's checks of a complete configuration.
     pub fn validate(&self) -> Result<(), AutoscalingError> {
         let c = self;
-        if c.scale_to_zero_grace_period < BUCKET_SIZE {
+        if c.scale_to_zero_grace_period.is_zero() {
             return Err(error(
                 "scale-to-zero-grace-period",
                 go(c.scale_to_zero_grace_period),
-                format!("must be at least {}", go(BUCKET_SIZE)),
+                "must be positive",
             ));
         }
         if !whole_seconds(c.scale_down_delay) {
@@ -319,15 +320,12 @@ impl AutoscalerConfig {
                 ),
             ));
         }
-        let panic_window = c.stable_window.as_secs_f64() * c.panic_window_percentage / 100.0;
-        if panic_window < BUCKET_SIZE.as_secs_f64() || c.panic_window_percentage > 100.0 {
+        // The panic window's 1 s floor is applied where it is computed.
+        if !(1.0..=100.0).contains(&c.panic_window_percentage) {
             return Err(error(
                 "panic-window-percentage",
                 c.panic_window_percentage,
-                format!(
-                    "must give a panic window of at least {} and be at most 100",
-                    go(BUCKET_SIZE)
-                ),
+                "must be in [1, 100]",
             ));
         }
         if c.initial_scale < 0 || (c.initial_scale == 0 && !c.allow_zero_initial_scale) {
@@ -344,7 +342,10 @@ impl AutoscalerConfig {
                 "must not be negative",
             ));
         }
-        if c.max_scale < 0 || (c.max_scale_limit > 0 && c.max_scale > c.max_scale_limit) {
+        // With a limit, revisions may not be unbounded.
+        let min_max_scale = i32::from(c.max_scale_limit > 0);
+        if c.max_scale < min_max_scale || (c.max_scale_limit > 0 && c.max_scale > c.max_scale_limit)
+        {
             return Err(error(
                 "max-scale",
                 c.max_scale,
@@ -601,6 +602,26 @@ mod tests {
     }
 
     #[test]
+    fn upstream_accepts_short_stable_windows_go_booleans_and_sub_second_grace() {
+        for pairs in [
+            &[("stable-window", "6s")][..],
+            &[("panic-window-percentage", "1")][..],
+            &[("enable-scale-to-zero", "1")][..],
+            &[("enable-scale-to-zero", "F")][..],
+            &[("scale-to-zero-grace-period", "500ms")][..],
+            &[("max-scale-limit", "10"), ("max-scale", "5")][..],
+        ] {
+            assert!(
+                AutoscalerConfig::from_config_map(&map(pairs)).is_ok(),
+                "{pairs:?}"
+            );
+        }
+        assert!(
+            AutoscalerConfig::from_config_map(&map(&[("enable-scale-to-zero", "tRuE")])).is_err()
+        );
+    }
+
+    #[test]
     fn target_percentages_of_at_most_one_are_fractions() {
         let c = AutoscalerConfig::from_config_map(&map(&[(
             "container-concurrency-target-percentage",
@@ -641,12 +662,9 @@ mod tests {
                 "101",
                 "must be in (0, 100]",
             ),
-            ("panic-window-percentage", "1", "panic-window-percentage"),
-            (
-                "scale-to-zero-grace-period",
-                "0s",
-                "scale-to-zero-grace-period",
-            ),
+            ("panic-window-percentage", "0.5", "must be in [1, 100]"),
+            ("max-scale-limit", "10", "max-scale"),
+            ("scale-to-zero-grace-period", "0s", "must be positive"),
             ("scale-down-delay", "1.5s", "must be whole seconds"),
             ("initial-scale", "0", "allow-zero-initial-scale"),
             ("enable-scale-to-zero", "maybe", "expected true or false"),

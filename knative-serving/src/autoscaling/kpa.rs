@@ -113,8 +113,10 @@ impl DeciderSpec {
         let panic_pct = a
             .panic_window_percentage
             .unwrap_or(config.panic_window_percentage);
-        let panic_window =
-            round_to_second(stable_window.mul_f64(panic_pct / 100.0)).max(BUCKET_SIZE);
+        // Go: time.Duration(float64(sw) * pct / 100).Round(time.Second),
+        // truncated to whole nanoseconds first.
+        let nanos = (stable_window.as_nanos() as f64 * panic_pct / 100.0) as u64;
+        let panic_window = round_to_second(Duration::from_nanos(nanos)).max(BUCKET_SIZE);
         let initial_scale = match a.initial_scale {
             Some(0) if !config.allow_zero_initial_scale => config.initial_scale,
             Some(n) => n,
@@ -229,6 +231,10 @@ impl MaxWindow {
 }
 
 /// The KPA's decision state machine for one revision.
+///
+/// `now` is any monotonic time, but the scale-down-delay window groups
+/// ticks into 2 s slots by `now / 2 s`; to reproduce upstream's traces
+/// exactly, pass Unix time.
 #[derive(Clone, Debug)]
 pub struct Decider {
     spec: DeciderSpec,
@@ -284,13 +290,10 @@ impl Decider {
         &self.spec
     }
 
-    /// Replaces the spec (annotations or config changed). Panic state is
-    /// kept; the scale-down-delay window is rebuilt if its length changed.
+    /// Replaces the spec (annotations or config changed). Like upstream's
+    /// `Update`, the panic state and the scale-down-delay window (created
+    /// once, only if the delay was non-zero at creation) are kept.
     pub fn update(&mut self, spec: DeciderSpec) {
-        if spec.scale_down_delay != self.spec.scale_down_delay {
-            self.delay_window = (spec.scale_down_delay > Duration::ZERO)
-                .then(|| MaxWindow::new(spec.scale_down_delay, TICK_INTERVAL));
-        }
         self.spec = spec;
     }
 

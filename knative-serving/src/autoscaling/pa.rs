@@ -97,6 +97,32 @@ impl ScalingBounds {
         }
     }
 
+    /// Bounds of one revision: `config-autoscaler` overridden by its
+    /// annotations, as upstream's `ScaleBounds`, `GetInitialScale`,
+    /// `StableWindow`, `resolveTBC` and `ResolveMetricTarget` resolve them.
+    pub fn resolve(
+        config: &AutoscalerConfig,
+        annotations: &std::collections::BTreeMap<String, String>,
+        container_concurrency: i64,
+        reachable: bool,
+    ) -> Result<Self, super::config::AutoscalingError> {
+        let a = super::config::Annotations::parse(annotations)?;
+        let spec =
+            super::kpa::DeciderSpec::from_config(config, annotations, container_concurrency)?;
+        let mut b = ScalingBounds::from_config(config);
+        b.min_scale = a.min_scale.unwrap_or(config.min_scale);
+        b.max_scale = a.max_scale.unwrap_or(config.max_scale);
+        b.initial_scale = spec.initial_scale;
+        b.reachable = reachable;
+        b.pod_retention = a
+            .scale_to_zero_pod_retention_period
+            .unwrap_or(config.scale_to_zero_pod_retention_period);
+        b.stable_window = spec.stable_window;
+        b.target_burst_capacity = spec.target_burst_capacity;
+        b.total_value = spec.total_value;
+        Ok(b)
+    }
+
     /// `(min, max)`: min is 0 while unreachable.
     fn bounds(&self) -> (i32, i32) {
         (
@@ -145,9 +171,16 @@ pub struct PodAutoscaler {
     mode_since: Duration,
 }
 
+/// upstream's `applyBounds`: below min → min (min wins over max), else
+/// above a non-zero max → max.
 fn clamp(min: i32, max: i32, x: i32) -> i32 {
-    let x = x.max(min);
-    if max != 0 { x.min(max) } else { x }
+    if x < min {
+        min
+    } else if max != 0 && x > max {
+        max
+    } else {
+        x
+    }
 }
 
 impl PodAutoscaler {
@@ -310,20 +343,22 @@ impl PodAutoscaler {
                     *requeue = Some(Duration::from_secs(1));
                     return (desired, false);
                 }
+                // Pod retention is ignored while unreachable.
                 let retention = if b.reachable {
                     b.pod_retention
                 } else {
                     Duration::ZERO
                 };
-                if retention > Duration::ZERO {
-                    let inactive_for = now.saturating_sub(self.active.since);
-                    let wait = b.scale_to_zero_grace_period.max(retention);
-                    if inactive_for < wait {
-                        *requeue = Some(wait - inactive_for);
-                        return (-1, false);
-                    }
+                let inactive_for = now.saturating_sub(self.active.since);
+                if inactive_for >= b.scale_to_zero_grace_period.max(retention) {
                     return (desired, true);
                 }
+                if retention > Duration::ZERO && inactive_for < retention {
+                    *requeue = Some(retention - inactive_for);
+                    return (desired, false);
+                }
+                // Otherwise wait until the activator has been in the path
+                // for the grace period.
                 let proxied_for = if self.mode == Mode::Proxy {
                     now.saturating_sub(self.mode_since)
                 } else {
@@ -331,7 +366,7 @@ impl PodAutoscaler {
                 };
                 if proxied_for < b.scale_to_zero_grace_period {
                     *requeue = Some(b.scale_to_zero_grace_period - proxied_for);
-                    return (-1, false);
+                    return (desired, false);
                 }
                 (desired, true)
             }

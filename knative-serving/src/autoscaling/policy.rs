@@ -120,6 +120,16 @@ impl Kpa {
         }
     }
 
+    /// A KPA created at `now` for a revision that already has `ready_pods`
+    /// ready (e.g. after a restart): the decider starts panicking with them.
+    pub fn with_ready_pods(spec: DeciderSpec, ready_pods: u32, now: Duration) -> Self {
+        Kpa {
+            decider: Decider::with_ready_pods(spec, ready_pods, now),
+            pa: None,
+            last: None,
+        }
+    }
+
     /// The decider (its spec and last decision).
     pub fn decider(&self) -> &Decider {
         &self.decider
@@ -151,6 +161,12 @@ impl Kpa {
 
 impl ScalingPolicy for Kpa {
     fn decide(&mut self, input: &PolicyInput<'_>) -> PolicyOutput {
+        // One source of truth: reachability comes with the bounds.
+        if self.decider.spec().reachable != input.bounds.reachable {
+            let mut spec = self.decider.spec().clone();
+            spec.reachable = input.bounds.reachable;
+            self.decider.update(spec);
+        }
         let observation = self.observation(input);
         let decision: Decision = self.decider.decide(input.now, observation);
         let pa = self
@@ -244,6 +260,15 @@ mod tests {
             kpa.decide(&input(zero_at + 2, 0, 0, Some(0.0), &bounds))
                 .activator_in_path
         );
+    }
+
+    #[test]
+    fn reachability_reaches_the_decider_through_the_bounds() {
+        let mut bounds = ScalingBounds::from_config(&AutoscalerConfig::default());
+        bounds.reachable = false;
+        let mut kpa = Kpa::new(DeciderSpec::default());
+        kpa.decide(&input(2, 1, 1, Some(0.0), &bounds));
+        assert!(!kpa.decider().spec().reachable);
     }
 
     #[test]

@@ -344,3 +344,33 @@ fn burst_capacity_uses_the_panic_value() {
         -1
     );
 }
+
+#[test]
+fn the_panic_window_rounds_like_go_after_truncating_to_nanoseconds() {
+    let spec = DeciderSpec::from_config(
+        &AutoscalerConfig::default(),
+        &annotations(&[
+            ("autoscaling.knative.dev/window", "125s"),
+            ("autoscaling.knative.dev/panic-window-percentage", "67.6"),
+        ]),
+        0,
+    )
+    .expect("valid");
+    assert_eq!(spec.panic_window, secs(84));
+}
+
+#[test]
+fn updating_the_spec_keeps_the_delay_window_as_upstream_does() {
+    let mut d = Decider::new(spec_with(|s| {
+        s.panic_threshold = 1000.0;
+        s.max_scale_down_rate = 1000.0;
+    }));
+    d.decide(secs(2), obs(0, 700.0, 700.0));
+    // A delay configured later does not apply to a running decider.
+    d.update(spec_with(|s| {
+        s.scale_down_delay = secs(60);
+        s.panic_threshold = 1000.0;
+        s.max_scale_down_rate = 1000.0;
+    }));
+    assert_eq!(d.decide(secs(4), obs(10, 69.0, 69.0)).desired, 1);
+}

@@ -244,3 +244,61 @@ fn zero_initial_scale_starts_inactive() {
     );
     assert_eq!(out.mode, Mode::Proxy);
 }
+
+#[test]
+fn a_retention_shorter_than_the_grace_period_scales_down_once_the_activator_has_been_in_the_path() {
+    let mut b = bounds();
+    b.pod_retention = secs(10);
+    let mut pa = PodAutoscaler::new(b, Duration::ZERO);
+    // Negative burst capacity: the activator has been in the path all along.
+    pa.reconcile(secs(10), decision(1, -111), observed(1, 1));
+    pa.reconcile(secs(70), decision(0, -111), observed(1, 1));
+    let out = pa.reconcile(secs(75), decision(0, -111), observed(1, 1));
+    assert_eq!(out.scale_to, None, "retained for 10 s");
+    assert_eq!(out.want, 0);
+    assert_eq!(
+        pa.reconcile(secs(80), decision(0, -111), observed(1, 1))
+            .scale_to,
+        Some(0)
+    );
+}
+
+#[test]
+fn min_wins_over_max_like_upstream() {
+    let mut b = bounds();
+    b.initial_scale = 5;
+    b.max_scale = 3;
+    let mut pa = PodAutoscaler::new(b, Duration::ZERO);
+    assert_eq!(
+        pa.reconcile(secs(1), decision(1, 0), observed(0, 0)).want,
+        5
+    );
+}
+
+#[test]
+fn bounds_resolve_annotations_over_config() {
+    let annotations = [
+        ("autoscaling.knative.dev/min-scale", "3"),
+        ("autoscaling.knative.dev/max-scale", "7"),
+        (
+            "autoscaling.knative.dev/scale-to-zero-pod-retention-period",
+            "90s",
+        ),
+        ("autoscaling.knative.dev/window", "30s"),
+        ("autoscaling.knative.dev/target-burst-capacity", "0"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    let b = ScalingBounds::resolve(&AutoscalerConfig::default(), &annotations, 10, false)
+        .expect("valid");
+    assert_eq!((b.min_scale, b.max_scale), (3, 7));
+    assert_eq!(b.pod_retention, secs(90));
+    assert_eq!(b.stable_window, secs(30));
+    assert_eq!(b.target_burst_capacity, 0.0);
+    assert_eq!(
+        b.total_value, 10.0,
+        "containerConcurrency is the per-pod capacity"
+    );
+    assert!(!b.reachable);
+}
