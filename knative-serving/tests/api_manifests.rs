@@ -291,12 +291,22 @@ fn invalid_services_each_get_one_error_naming_the_field() {
                 "autoscaling.knative.dev/min-scale": "5",
                 "autoscaling.knative.dev/max-scale": "2"
             }}}}}),
-            "spec.template.metadata.annotations[autoscaling.knative.dev/max-scale], spec.template.metadata.annotations[autoscaling.knative.dev/min-scale]: min-scale=5 is greater than max-scale=2",
+            "spec.template.metadata.annotations[autoscaling.knative.dev/min-scale]: invalid value: 5",
         ),
         (
             "negative min-scale",
             json!({"spec": {"template": {"metadata": {"annotations": {"autoscaling.knative.dev/min-scale": "-1"}}}}}),
             "spec.template.metadata.annotations[autoscaling.knative.dev/min-scale]: invalid value: -1",
+        ),
+        (
+            "stable window too short",
+            json!({"spec": {"template": {"metadata": {"annotations": {"autoscaling.knative.dev/window": "5s"}}}}}),
+            "spec.template.metadata.annotations[autoscaling.knative.dev/window]: invalid value: 5s",
+        ),
+        (
+            "unknown scaling metric",
+            json!({"spec": {"template": {"metadata": {"annotations": {"autoscaling.knative.dev/metric": "cpu"}}}}}),
+            "spec.template.metadata.annotations[autoscaling.knative.dev/metric]: invalid value: cpu",
         ),
         (
             "unknown visibility",

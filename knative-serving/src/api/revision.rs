@@ -459,51 +459,18 @@ fn validate_probe(probe: &Probe) -> FieldError {
     errs
 }
 
-/// Checks the autoscaling annotations a revision template may carry.
+/// Checks the annotations a revision template may carry: the autoscaling
+/// ones (`specs/SERVING.md §3.7`, through the autoscaler's own parser, so
+/// what validates is exactly what the autoscaler reads) and the progress
+/// deadline. Paths are relative to the annotation map.
 pub(crate) fn validate_annotations(annotations: &BTreeMap<String, String>) -> FieldError {
     let mut errs = FieldError::none();
-    let int = |key: &str| -> Result<Option<i64>, FieldError> {
-        match annotations.get(key) {
-            None => Ok(None),
-            Some(v) => match v.trim().parse::<i64>() {
-                Ok(n) if n >= 0 => Ok(Some(n)),
-                _ => Err(FieldError::invalid_value(v, "")
-                    .with_details("must be a non-negative integer")
-                    .via_key(key)),
-            },
-        }
-    };
-    let mut ints = BTreeMap::new();
-    for key in [keys::MIN_SCALE, keys::MAX_SCALE, keys::INITIAL_SCALE] {
-        match int(key) {
-            Ok(v) => {
-                ints.insert(key, v);
-            }
-            Err(e) => errs.push(e),
-        }
-    }
-    if let (Some(Some(min)), Some(Some(max))) =
-        (ints.get(keys::MIN_SCALE), ints.get(keys::MAX_SCALE))
-        && *max != 0
-        && min > max
-    {
-        errs.push(FieldError::new(
-            format!("min-scale={min} is greater than max-scale={max}"),
-            vec![
-                format!("[{}]", keys::MIN_SCALE),
-                format!("[{}]", keys::MAX_SCALE),
-            ],
-        ));
-    }
-    if let Some(v) = annotations.get(keys::TARGET) {
-        match v.trim().parse::<f64>() {
-            Ok(t) if t >= 0.01 => {}
-            _ => errs.push(
-                FieldError::invalid_value(v, "")
-                    .with_details("must be a number of at least 0.01")
-                    .via_key(keys::TARGET),
-            ),
-        }
+    if let Err(e) = crate::autoscaling::config::Annotations::parse(annotations) {
+        errs.push(
+            FieldError::invalid_value(&e.value, "")
+                .with_details(e.reason)
+                .via_key(&e.key),
+        );
     }
     if let Some(v) = annotations.get(keys::PROGRESS_DEADLINE)
         && knative_core::duration::parse(v).is_err()
