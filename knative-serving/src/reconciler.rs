@@ -41,6 +41,10 @@ use crate::backend::{BackendError, WorkloadBackend};
 use crate::config::ServingConfig;
 use crate::traffic::RoutingTable;
 
+/// How soon to look again at a conflict only a user can resolve (a name
+/// taken by another owner): nothing else re-queues the object.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why a reconcile failed (it is retried with backoff).
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {

@@ -397,7 +397,7 @@ pub struct Annotations {
     pub scale_to_zero_pod_retention_period: Option<Duration>,
 }
 
-const PREFIX: &str = "autoscaling.knative.dev/";
+const PREFIX: &str = crate::api::keys::AUTOSCALING_PREFIX;
 
 /// The value of annotation `name` (kebab-case) or its legacy camelCase alias.
 fn annotation<'a>(

@@ -12,12 +12,10 @@ use knative_core::runtime::{Action, Reconciler};
 use knative_core::store::{Objects, StoreError};
 use kube::core::Selector;
 
-use super::{ReconcileError, controller_reference, gc, is_controlled_by, now_rfc3339};
+use super::{RECHECK, ReconcileError, controller_reference, gc, is_controlled_by, now_rfc3339};
 use crate::api::{Configuration, Revision, RoutingState, keys};
 use crate::config::ServingConfig;
 
-/// How soon to look again at a conflict only a user can resolve.
-const RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 /// How often to re-run revision GC while unserved revisions remain.
 const GC_RECHECK: std::time::Duration = std::time::Duration::from_secs(3600);
 

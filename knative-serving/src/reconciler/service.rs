@@ -8,7 +8,9 @@ use knative_core::condition::{Condition, ConditionManager, ConditionSet, READY};
 use knative_core::runtime::{Action, Reconciler};
 use knative_core::store::{ApiObject, Objects, StoreError};
 
-use super::{ReconcileError, controller_reference, is_controlled_by, propagated_annotations};
+use super::{
+    RECHECK, ReconcileError, controller_reference, is_controlled_by, propagated_annotations,
+};
 use crate::api::{
     Configuration, ConfigurationSpec, Revision, Route, RouteSpec, Service, ServiceStatus,
     TrafficTarget, keys,
@@ -151,9 +153,6 @@ impl ServiceReconciler {
         }
     }
 }
-
-/// How soon to look again at a conflict only a user can resolve.
-const RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Whether `revision` was stamped by `configuration` at its current generation.
 fn is_ours(revision: &Revision, configuration: &Configuration) -> bool {
