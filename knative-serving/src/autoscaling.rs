@@ -2,6 +2,7 @@
 //!
 //! | module | what it holds |
 //! |---|---|
+//! | [`autoscaler`] | the control plane's loop: metrics in, a policy per revision, scale out to the backend |
 //! | [`config`] | `config-autoscaler` and the `autoscaling.knative.dev/*` annotations |
 //! | [`metrics`] | the stable and panic window averages, linear and weighted-exponential (§3.2) |
 //! | [`kpa`] | the decider: target resolution (§3.3) and the 2-second tick (§3.4) |
@@ -10,6 +11,7 @@
 //! | [`sim`] | replays a load trace through any policy: cost, cold starts, waiting, timeline |
 //! | `testing` | (feature `testing`) proptest strategies and invariants for any policy |
 
+pub mod autoscaler;
 pub mod config;
 pub mod kpa;
 pub mod metrics;

@@ -338,6 +338,8 @@ pub struct ServingConfig {
     pub network: Network,
     /// `config-gc`.
     pub gc: crate::reconciler::gc::GcConfig,
+    /// `config-autoscaler`.
+    pub autoscaler: crate::autoscaling::config::AutoscalerConfig,
 }
 
 #[cfg(test)]

@@ -8,18 +8,17 @@
 //! |---|---|
 //! | [`autoscaling`] | the KPA: `config-autoscaler`, target resolution and the decider (§3) |
 //! | [`api`] | `serving.knative.dev/v1` Service, Configuration, Revision, Route: types, defaults, validation (§1–§2) |
+//! | [`dataplane`] | ingress, activator and queue-proxy on hyper: routing, buffering at zero, breakers, timeouts, metrics (§2, §4) |
 //! | [`config`] | `config-defaults`, `config-network`, `config-domain` as typed configuration |
 //! | [`backend`] | the `WorkloadBackend` trait and local processes as its embedded implementation |
 //! | [`reconciler`] | Service, Configuration, Revision and Route reconcilers, and `Serving`, which runs them |
 //! | [`traffic`] | traffic resolution, gradual rollout, and the routing table the data plane serves from |
 //!
-//! Still to come: the rest of the autoscaler (window averages, the
-//! PodAutoscaler layer, `ScalingPolicy`, simulator) and the data plane
-//! (`dataplane`: ingress, activator, queue-proxy, §4).
 
 pub mod api;
 pub mod autoscaling;
 pub mod backend;
 pub mod config;
+pub mod dataplane;
 pub mod reconciler;
 pub mod traffic;

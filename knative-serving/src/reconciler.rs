@@ -37,8 +37,11 @@ pub use route::{RouteIndex, RouteReconciler};
 pub use service::{ServiceReconciler, desired_configuration, desired_route};
 
 use crate::api::{Configuration, Revision, Route, Service, keys};
+use crate::autoscaling::autoscaler::{Autoscaler, PolicyFactory};
 use crate::backend::{BackendError, WorkloadBackend};
 use crate::config::ServingConfig;
+use crate::dataplane::Dataplane;
+use crate::dataplane::ingress::DataplaneConfig;
 use crate::traffic::RoutingTable;
 
 /// How soon to look again at a conflict only a user can resolve (a name
@@ -129,12 +132,14 @@ impl ServingObjects {
 }
 
 /// The four Serving controllers, wired together over one set of stores and
-/// a workload backend.
+/// a workload backend, with the autoscaler that scales revisions and the
+/// data plane that serves their routes.
 pub struct Serving {
     objects: ServingObjects,
     backend: Arc<dyn WorkloadBackend>,
     config: Arc<ServingConfig>,
     routing: RoutingTable,
+    autoscaler: Autoscaler,
 }
 
 impl std::fmt::Debug for Serving {
@@ -151,11 +156,43 @@ impl Serving {
         config: ServingConfig,
     ) -> Self {
         Serving {
+            autoscaler: Autoscaler::new(Arc::clone(&backend)),
             objects,
             backend,
             config: Arc::new(config),
             routing: RoutingTable::new(),
         }
+    }
+
+    /// Scales revisions with the policies `factory` makes instead of the KPA.
+    pub fn with_policy(mut self, factory: PolicyFactory) -> Self {
+        self.autoscaler = Autoscaler::with_policy(Arc::clone(&self.backend), factory);
+        self
+    }
+
+    /// Replaces the autoscaler (e.g. one with a faster tick for tests).
+    pub fn with_autoscaler(mut self, autoscaler: Autoscaler) -> Self {
+        self.autoscaler = autoscaler;
+        self
+    }
+
+    /// The autoscaler that scales the revisions.
+    pub fn autoscaler(&self) -> Autoscaler {
+        self.autoscaler.clone()
+    }
+
+    /// A data plane serving this Serving's routes: the ingress, the
+    /// activator and the queue-proxies, reporting to its autoscaler. Must be
+    /// called inside a tokio runtime; serve it with
+    /// [`Dataplane::serve`](crate::dataplane::Dataplane::serve).
+    pub fn dataplane(&self, config: DataplaneConfig) -> Dataplane {
+        Dataplane::new(
+            config,
+            &self.routing,
+            Arc::clone(&self.backend),
+            Arc::clone(&self.objects.revisions),
+            Some(self.autoscaler.clone()),
+        )
     }
 
     /// The routing table the Route controller publishes into.
@@ -198,11 +235,14 @@ impl Serving {
         )
         .owns(Arc::clone(&o.revisions));
 
-        let revision_reconciler = Arc::new(RevisionReconciler::new(
-            Arc::clone(&o.revisions),
-            Arc::clone(&self.backend),
-            Arc::clone(&self.config),
-        ));
+        let revision_reconciler = Arc::new(
+            RevisionReconciler::new(
+                Arc::clone(&o.revisions),
+                Arc::clone(&self.backend),
+                Arc::clone(&self.config),
+            )
+            .with_autoscaler(self.autoscaler.clone()),
+        );
         let revisions = Controller::new(Arc::clone(&o.revisions), Arc::clone(&revision_reconciler));
         revision_reconciler.attach(revisions.handle());
 

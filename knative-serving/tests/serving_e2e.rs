@@ -286,10 +286,17 @@ async fn service_to_ready_revision_then_split_traffic_with_a_tag() {
     }
 
     let revisions = Arc::clone(&objects.revisions);
-    let rev1: Revision = revisions
-        .get(Some("default"), "hello-00001")
-        .await
-        .expect("revision");
+    // The autoscaler marks the revision Active at its next tick once a
+    // replica is ready.
+    let rev1: Revision = eventually("revision hello-00001 active", || {
+        let revisions = Arc::clone(&revisions);
+        async move {
+            let r = revisions.get(Some("default"), "hello-00001").await.ok()?;
+            let active = condition(&r.status.as_ref()?.status.conditions, "Active");
+            (active == ConditionStatus::True).then_some(r)
+        }
+    })
+    .await;
     let rev_status = rev1.status.clone().expect("revision status");
     assert!(rev1.is_ready());
     assert_eq!(rev_status.actual_replicas, Some(1));

@@ -100,6 +100,13 @@ impl PolicyOutput {
 pub trait ScalingPolicy: Send {
     /// Decides at one tick.
     fn decide(&mut self, input: &PolicyInput<'_>) -> PolicyOutput;
+
+    /// The revision's `Active` condition after the last decision, for
+    /// policies that track one; `None` lets the control plane derive it
+    /// (active with ready replicas, inactive at zero, activating otherwise).
+    fn active(&self) -> Option<Active> {
+        None
+    }
 }
 
 /// Knative's KPA: the decider and the PodAutoscaler rules.
@@ -191,6 +198,10 @@ impl ScalingPolicy for Kpa {
         };
         self.last = Some(outcome);
         output
+    }
+
+    fn active(&self) -> Option<Active> {
+        self.last.as_ref().map(|o| o.active.clone())
     }
 }
 

@@ -13,12 +13,13 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use knative_core::condition::ConditionSet;
+use knative_core::condition::{ConditionSet, ConditionStatus};
 use knative_core::runtime::{Action, Handle, Reconciler};
 use knative_core::store::{ObjectKey, Objects};
 
 use super::ReconcileError;
 use crate::api::{ContainerStatus, Revision, RevisionStatus, RoutingState, keys};
+use crate::autoscaling::autoscaler::{Autoscaler, ScaleStatus, ScalingTarget};
 use crate::backend::{BackendError, WorkloadBackend, WorkloadKey, WorkloadSpec};
 use crate::config::ServingConfig;
 
@@ -114,6 +115,7 @@ pub struct RevisionReconciler {
     revisions: Arc<dyn Objects<Revision>>,
     backend: Arc<dyn WorkloadBackend>,
     config: Arc<ServingConfig>,
+    autoscaler: Option<Autoscaler>,
     handle: OnceLock<Handle>,
     watchers: Mutex<HashMap<WorkloadKey, tokio::task::JoinHandle<()>>>,
 }
@@ -148,9 +150,18 @@ impl RevisionReconciler {
             revisions,
             backend,
             config,
+            autoscaler: None,
             handle: OnceLock::new(),
             watchers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Hands scaling to `autoscaler`: the reconciler registers each
+    /// revision's [`ScalingTarget`] with it instead of scaling to
+    /// [`desired_replicas`], and takes the `Active` condition from it.
+    pub fn with_autoscaler(mut self, autoscaler: Autoscaler) -> Self {
+        self.autoscaler = Some(autoscaler);
+        self
     }
 
     /// Connects the reconciler to its controller, so backend status changes
@@ -169,9 +180,23 @@ impl RevisionReconciler {
             return Ok(());
         }
         let mut status = self.backend.status(key)?;
+        let mut scaling = self.autoscaler.as_ref().and_then(|a| a.status(key));
         let object = ObjectKey::namespaced(key.namespace.clone(), key.revision.clone());
         let task = tokio::spawn(async move {
-            while status.changed().await.is_ok() {
+            loop {
+                let scaled = async {
+                    match scaling.as_mut() {
+                        Some(s) => s.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                };
+                let changed = tokio::select! {
+                    r = status.changed() => r.is_ok(),
+                    r = scaled => { if !r { scaling = None; } true }
+                };
+                if !changed {
+                    return;
+                }
                 handle.enqueue(object.clone());
             }
         });
@@ -209,6 +234,9 @@ impl RevisionReconciler {
         key: &WorkloadKey,
     ) -> Result<Action, ReconcileError> {
         self.stop_watching(key);
+        if let Some(autoscaler) = &self.autoscaler {
+            autoscaler.remove(key);
+        }
         self.backend.remove(key).await?;
         let mut updated = revision.clone();
         if let Some(finalizers) = updated.metadata.finalizers.as_mut() {
@@ -273,7 +301,7 @@ impl Reconciler<Revision> for RevisionReconciler {
             })
             .collect();
 
-        let desired = desired_replicas(&revision);
+        let mut desired = desired_replicas(&revision);
         let mut requeue = None;
         match self.backend.ensure(&spec).await {
             Err(BackendError::Unsupported { message, .. }) => {
@@ -293,20 +321,62 @@ impl Reconciler<Revision> for RevisionReconciler {
                 return Err(e.into());
             }
             Ok(()) => {
-                if let Err(e) = self.backend.scale(&key, desired).await {
-                    m.mark_unknown(RESOURCES_AVAILABLE, "BackendError", &e.to_string());
-                    drop(m);
-                    self.write_status(&revision, status).await?;
-                    return Err(e.into());
+                let scaled = match &self.autoscaler {
+                    Some(autoscaler) => {
+                        let target = ScalingTarget::of(&revision, &self.config.autoscaler)
+                            .unwrap_or_else(|error| {
+                                // Validation keeps bad annotations out; an
+                                // object written around it scales on the
+                                // config's defaults.
+                                tracing::warn!(revision = %key, %error, "ignoring invalid autoscaling annotations");
+                                let mut plain = (*revision).clone();
+                                plain.metadata.annotations = None;
+                                ScalingTarget::of(&plain, &self.config.autoscaler)
+                                    .unwrap_or_else(|_| ScalingTarget {
+                                        bounds: crate::autoscaling::pa::ScalingBounds::from_config(&self.config.autoscaler),
+                                        decider: crate::autoscaling::kpa::DeciderSpec::default(),
+                                        algorithm: crate::autoscaling::metrics::Algorithm::default(),
+                                    })
+                            });
+                        autoscaler.upsert(&key, target);
+                        Ok(autoscaler.status(&key))
+                    }
+                    None => self.backend.scale(&key, desired).await.map(|()| None),
+                };
+                let scaling: Option<ScaleStatus> = match scaled {
+                    Ok(s) => s.map(|rx| rx.borrow().clone()),
+                    Err(e) => {
+                        m.mark_unknown(RESOURCES_AVAILABLE, "BackendError", &e.to_string());
+                        drop(m);
+                        self.write_status(&revision, status).await?;
+                        return Err(e.into());
+                    }
+                };
+                if let Some(s) = &scaling {
+                    desired = u32::try_from(s.replicas).unwrap_or(0);
                 }
                 self.watch_workload(&key)?;
                 let workload = self.backend.status(&key)?.borrow().clone();
                 status.desired_replicas = Some(i32::try_from(desired).unwrap_or(i32::MAX));
                 status.actual_replicas = Some(i32::try_from(workload.actual).unwrap_or(i32::MAX));
+                if let Some(s) = &scaling {
+                    // The PodAutoscaler's view: activating, active, inactive.
+                    match s.active.status {
+                        ConditionStatus::True => m.mark_true(ACTIVE),
+                        ConditionStatus::False => {
+                            m.mark_false(ACTIVE, s.active.reason, s.active.message);
+                        }
+                        ConditionStatus::Unknown => {
+                            m.mark_unknown(ACTIVE, s.active.reason, s.active.message);
+                        }
+                    }
+                }
                 if !workload.ready.is_empty() {
                     m.mark_true(RESOURCES_AVAILABLE);
                     m.mark_true(CONTAINER_HEALTHY);
-                    m.mark_true(ACTIVE);
+                    if scaling.is_none() {
+                        m.mark_true(ACTIVE);
+                    }
                 } else {
                     if let Some(failure) = &workload.failure {
                         let type_ = if failure.container {
@@ -316,7 +386,9 @@ impl Reconciler<Revision> for RevisionReconciler {
                         };
                         m.mark_false(type_, &failure.reason, &failure.message);
                     }
-                    if desired == 0 {
+                    if scaling.is_some() {
+                        // Active came from the autoscaler above.
+                    } else if desired == 0 {
                         m.mark_false(ACTIVE, "NoTraffic", "The target is not receiving traffic.");
                     } else {
                         m.mark_unknown(ACTIVE, "Deploying", "");
