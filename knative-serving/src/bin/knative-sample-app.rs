@@ -8,7 +8,11 @@
 //! - `GET /env/<NAME>`: the value of variable `NAME`, 404 if it is unset;
 //! - `GET /exit/<code>`: answers, then exits with `code` shortly after;
 //! - `GET /sleep/<ms>`: waits `ms` milliseconds, then answers;
-//! - `GET /print/<n>`: prints `line 1` … `line n` to stdout.
+//! - `GET /print/<n>`: prints `line 1` … `line n` to stdout;
+//! - `GET /bytes/<n>`: `n` bytes of `x`;
+//! - `POST /echo` (any method): the request body's length;
+//! - `GET /stats`: `in_flight <n> max <m>`, the requests in flight now and
+//!   the most ever in flight at once (probes and `/stats` not counted).
 //!
 //! `STARTUP_DELAY_MS` delays binding the port (to see readiness probes at
 //! work). On start it prints `listening on <address> (pid <pid>)` to stdout.
@@ -17,10 +21,11 @@
 
 use std::convert::Infallible;
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -90,12 +95,55 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Requests in flight, and the most there ever were.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+static MAX_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a request in flight while it lives.
+struct Counted;
+
+impl Counted {
+    fn new() -> Self {
+        let now = IN_FLIGHT.fetch_add(1, Ordering::SeqCst) + 1;
+        MAX_IN_FLIGHT.fetch_max(now, Ordering::SeqCst);
+        Counted
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Answers one request.
 async fn handle(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = request.uri().path().to_owned();
+    if path == "/stats" {
+        let body = format!(
+            "in_flight {} max {}\n",
+            IN_FLIGHT.load(Ordering::SeqCst),
+            MAX_IN_FLIGHT.load(Ordering::SeqCst)
+        );
+        return Ok(reply(StatusCode::OK, body));
+    }
+    let _counted = (path != "/healthz").then(Counted::new);
+    if path == "/echo" {
+        return Ok(match request.into_body().collect().await {
+            Ok(body) => reply(StatusCode::OK, format!("{}\n", body.to_bytes().len())),
+            Err(e) => reply(StatusCode::BAD_REQUEST, format!("reading the body: {e}\n")),
+        });
+    }
+    if let Some(n) = path
+        .strip_prefix("/bytes/")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        return Ok(reply(StatusCode::OK, "x".repeat(n.min(64 << 20))));
+    }
     if request.method() != Method::GET {
         return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into()));
     }
-    let path = request.uri().path();
+    let path = path.as_str();
     let (status, body) = if path == "/" {
         let target = std::env::var("TARGET").unwrap_or_else(|_| "World".into());
         (StatusCode::OK, format!("Hello {target}!\n"))

@@ -387,7 +387,14 @@ impl Reconciler<Revision> for RevisionReconciler {
                         m.mark_false(type_, &failure.reason, &failure.message);
                     }
                     if scaling.is_some() {
-                        // Active came from the autoscaler above.
+                        // Active came from the autoscaler above. At zero
+                        // with nothing failing (e.g. `initial-scale: 0`),
+                        // the scale target counts as initialized, as
+                        // upstream's PodAutoscaler reports it.
+                        if desired == 0 && workload.failure.is_none() {
+                            m.mark_true(RESOURCES_AVAILABLE);
+                            m.mark_true(CONTAINER_HEALTHY);
+                        }
                     } else if desired == 0 {
                         m.mark_false(ACTIVE, "NoTraffic", "The target is not receiving traffic.");
                     } else {
