@@ -45,7 +45,9 @@
 //! that is unset, 0 or the container port means the replica's `PORT`; any
 //! other port is probed as is on [`LocalConfig::bind_host`]; the probe's
 //! `host` is ignored. `initialDelaySeconds`, `periodSeconds` (0 or unset,
-//! Knative's "probe aggressively", means [`LocalConfig::probe_period`]),
+//! Knative's "probe aggressively", means [`LocalConfig::probe_period`], and
+//! every 5 ms until the replica is first ready, so a cold start is not
+//! delayed by the probe period),
 //! `timeoutSeconds` (default 1), `successThreshold` (default 1) and
 //! `failureThreshold` (default 3: a ready replica leaves `ready` after that
 //! many failures in a row) apply. Without a probe (or with one that names
@@ -121,6 +123,10 @@ use super::{
 /// How long a process must stay ready for the crash count (and so the
 /// restart back-off) to start over.
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
+/// How often a starting replica is probed while its probe is Knative's
+/// aggressive one (no `periodSeconds`): a replica serves within a few
+/// milliseconds of listening, which is what a cold start waits for.
+const STARTUP_PROBE_PERIOD: Duration = Duration::from_millis(5);
 /// How many log lines of a crashed process go into the failure message.
 const FAILURE_LOG_LINES: usize = 5;
 /// How many stopped replicas' log rings are kept per workload.
@@ -753,6 +759,9 @@ struct ProbePlan {
     action: ProbeAction,
     initial_delay: Duration,
     period: Duration,
+    /// The period until the replica is first ready: [`STARTUP_PROBE_PERIOD`]
+    /// for Knative's aggressive probes (no `periodSeconds`), else `period`.
+    startup_period: Duration,
     timeout: Duration,
     success_threshold: u32,
     failure_threshold: u32,
@@ -803,6 +812,7 @@ impl ProbePlan {
                 },
                 initial_delay: Duration::ZERO,
                 period: config.probe_period,
+                startup_period: config.probe_period.min(STARTUP_PROBE_PERIOD),
                 timeout: Duration::from_secs(1),
                 success_threshold: 1,
                 failure_threshold: 3,
@@ -900,6 +910,11 @@ impl ProbePlan {
             initial_delay: seconds(probe.initial_delay_seconds),
             period: if period.is_zero() {
                 config.probe_period
+            } else {
+                period
+            },
+            startup_period: if period.is_zero() {
+                config.probe_period.min(STARTUP_PROBE_PERIOD)
             } else {
                 period
             },
@@ -1211,6 +1226,7 @@ async fn probe_loop(
     let plan = &launch.probe;
     tokio::time::sleep(plan.initial_delay).await;
     let (mut successes, mut failures, mut ready) = (0u32, 0u32, false);
+    let mut ever_ready = false;
     loop {
         let result = match tokio::time::timeout(
             plan.timeout,
@@ -1242,7 +1258,13 @@ async fn probe_loop(
                 }
             }
         }
-        tokio::time::sleep(plan.period).await;
+        let wait = if ready || ever_ready {
+            plan.period
+        } else {
+            plan.startup_period
+        };
+        ever_ready |= ready;
+        tokio::time::sleep(wait).await;
     }
 }
 

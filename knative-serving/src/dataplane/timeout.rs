@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::body::Frame;
+use hyper::body::{Body as _, Frame};
 use hyper::{Response, StatusCode};
 use tokio::time::{Instant, Sleep};
 
@@ -48,14 +48,15 @@ where
         .response_start
         .map_or(deadline, |d| (started + d).min(deadline));
     match tokio::time::timeout_at(start_deadline, respond).await {
+        Ok(response) if response.body().is_end_stream() => response,
         Ok(response) => response.map(|body| {
             super::boxed(TimeoutBody {
                 inner: body,
                 total: timeouts.total,
-                deadline: Box::pin(tokio::time::sleep_until(deadline)),
-                idle: timeouts
-                    .idle
-                    .map(|d| (d, Box::pin(tokio::time::sleep_until(Instant::now() + d)))),
+                deadline,
+                timer: None,
+                idle: timeouts.idle,
+                last_write: Instant::now(),
             })
         }),
         Err(_) if start_deadline < deadline => text_response(
@@ -75,12 +76,26 @@ where
     }
 }
 
-/// A response body cut at the deadline or after an idle gap.
+/// A response body cut at the deadline or after an idle gap. The timer is
+/// only armed when the body has to wait (most bodies never do).
 struct TimeoutBody {
     inner: Body,
     total: Duration,
-    deadline: Pin<Box<Sleep>>,
-    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    deadline: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
+    idle: Option<Duration>,
+    last_write: Instant,
+}
+
+impl TimeoutBody {
+    /// When the body must have made progress: the deadline, or sooner the
+    /// end of the idle gap.
+    fn next_limit(&self) -> Instant {
+        match self.idle {
+            Some(idle) => (self.last_write + idle).min(self.deadline),
+            None => self.deadline,
+        }
+    }
 }
 
 impl hyper::body::Body for TimeoutBody {
@@ -94,19 +109,26 @@ impl hyper::body::Body for TimeoutBody {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                if let Some((idle, sleep)) = &mut this.idle {
-                    sleep.as_mut().reset(Instant::now() + *idle);
+                if this.idle.is_some() {
+                    this.last_write = Instant::now();
                 }
                 Poll::Ready(frame)
             }
             Poll::Pending => {
-                if this.deadline.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Some(Err(TimeoutError::Total(this.total).into())));
+                let limit = this.next_limit();
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(limit)));
+                if timer.deadline() != limit {
+                    timer.as_mut().reset(limit);
                 }
-                if let Some((idle, sleep)) = &mut this.idle
-                    && sleep.as_mut().poll(cx).is_ready()
-                {
-                    return Poll::Ready(Some(Err(TimeoutError::Idle(*idle).into())));
+                if timer.as_mut().poll(cx).is_ready() {
+                    let error = if limit >= this.deadline {
+                        TimeoutError::Total(this.total)
+                    } else {
+                        TimeoutError::Idle(this.idle.unwrap_or_default())
+                    };
+                    return Poll::Ready(Some(Err(error.into())));
                 }
                 Poll::Pending
             }
