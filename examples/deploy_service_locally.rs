@@ -1,6 +1,7 @@
 //! Deploy a Knative Service on this machine with `knative-serving` alone:
-//! the in-memory store, the four Serving controllers and the local process
-//! backend. The "container image" is this very program started with
+//! the in-memory store, the four Serving controllers, the local process
+//! backend, and the data plane (ingress, activator, queue-proxy) on a
+//! loopback port. The "container image" is this very program started with
 //! `--app` (images are not pulled locally; the backend maps image names to
 //! commands).
 //!
@@ -17,6 +18,7 @@ use knative::serving::api::Service;
 use knative::serving::backend::local::{LocalBackend, LocalCommand, LocalConfig};
 use knative::serving::backend::{WorkloadBackend, WorkloadKey};
 use knative::serving::config::ServingConfig;
+use knative::serving::dataplane::ingress::DataplaneConfig;
 use knative::serving::reconciler::{Serving, ServingObjects};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -97,10 +99,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .network
         .with_domain_config_map(&BTreeMap::from([("example.com".to_owned(), String::new())]));
     let serving = Serving::new(objects.clone(), Arc::new(backend.clone()), config);
+    let dataplane = serving.dataplane(DataplaneConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let ingress = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let controllers = tokio::spawn(serving.run(async {
         let _ = stopped.await;
     }));
+    let (stop_ingress, ingress_stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving_ingress = tokio::spawn(async move {
+        dataplane
+            .serve(listener, async {
+                let _ = ingress_stopped.await;
+            })
+            .await
+    });
 
     // `kubectl apply`: default, validate, create.
     let mut service: Service = serde_yaml::from_str(MANIFEST)?;
@@ -132,10 +145,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
 
-    // Call the revision's replica directly (the ingress comes with the data plane).
+    // Call the service through the ingress, by its hostname.
     let key = WorkloadKey::new("default", "hello-00001");
-    let endpoint = backend.status(&key)?.borrow().ready[0].address;
-    let mut stream = tokio::net::TcpStream::connect(endpoint).await?;
+    let mut stream = tokio::net::TcpStream::connect(ingress).await?;
     stream
         .write_all(
             b"GET / HTTP/1.1\r\nHost: hello.default.example.com\r\nConnection: close\r\n\r\n",
@@ -144,7 +156,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
     println!(
-        "  GET {endpoint} -> {}",
+        "  GET http://hello.default.example.com via the ingress at {ingress} -> {}",
         response.lines().last().unwrap_or("")
     );
 
@@ -155,6 +167,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     println!("deleted service/hello; its revision and replica are gone");
     let _ = stop.send(());
+    let _ = stop_ingress.send(());
     controllers.await?;
+    serving_ingress.await??;
     Ok(())
 }
