@@ -72,7 +72,14 @@ where
     assert_superset(&original, &exact, "");
     assert_only_required_empty_additions(&original, &exact, "");
 
-    let ctx = Context::create();
+    // A cluster that allows `initial-scale: 0` (the autoscaling fixture uses it).
+    let ctx = Context::create().with_config(knative_serving::config::ServingConfig {
+        autoscaler: knative_serving::autoscaling::config::AutoscalerConfig {
+            allow_zero_initial_scale: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
     obj.set_defaults(&ctx);
     let errors = obj.validate(&ctx);
     assert!(errors.is_empty(), "{name} should be valid:\n{errors}");
@@ -405,4 +412,78 @@ fn a_wrongly_typed_field_is_a_parse_error_naming_it() {
     let yaml = fixture("hello-world.yaml").replace("containerPort: 8080", "containerPort: eighty");
     let err = serde_yaml::from_str::<Service>(&yaml).expect_err("not a number");
     assert!(err.to_string().contains("invalid type"), "{err}");
+}
+
+/// Validates a patched Service under a cluster's `config-autoscaler`.
+fn errors_with_config(
+    patch: Value,
+    autoscaler: knative_serving::autoscaling::config::AutoscalerConfig,
+) -> FieldError {
+    let mut value: Value = serde_yaml::from_str(&fixture("hello-world.yaml")).expect("YAML");
+    merge(&mut value, &patch);
+    let mut svc: knative_serving::api::Service =
+        serde_json::from_value(value).expect("patched manifest parses");
+    let config = knative_serving::config::ServingConfig {
+        autoscaler,
+        ..Default::default()
+    };
+    let ctx = Context::create().with_config(config);
+    svc.set_defaults(&ctx);
+    svc.validate(&ctx)
+}
+
+fn annotations(pairs: &[(&str, &str)]) -> Value {
+    let map: serde_json::Map<String, Value> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned())))
+        .collect();
+    json!({"spec": {"template": {"metadata": {"annotations": map}}}})
+}
+
+#[test]
+fn scale_annotations_are_held_to_the_clusters_limits() {
+    use knative_serving::autoscaling::config::AutoscalerConfig;
+    let limited = AutoscalerConfig {
+        max_scale_limit: 10,
+        ..AutoscalerConfig::default()
+    };
+    assert_one_error(
+        errors_with_config(
+            annotations(&[("autoscaling.knative.dev/max-scale", "11")]),
+            limited.clone(),
+        ),
+        "spec.template.metadata.annotations[autoscaling.knative.dev/max-scale]: invalid value: 11",
+    );
+    assert_one_error(
+        errors_with_config(
+            annotations(&[("autoscaling.knative.dev/max-scale", "0")]),
+            limited.clone(),
+        ),
+        "spec.template.metadata.annotations[autoscaling.knative.dev/max-scale]: invalid value: 0",
+    );
+    assert!(
+        errors_with_config(
+            annotations(&[("autoscaling.knative.dev/max-scale", "10")]),
+            limited
+        )
+        .is_empty()
+    );
+    // initial-scale 0 needs allow-zero-initial-scale.
+    assert_one_error(
+        errors_with_config(
+            annotations(&[("autoscaling.knative.dev/initial-scale", "0")]),
+            AutoscalerConfig::default(),
+        ),
+        "spec.template.metadata.annotations[autoscaling.knative.dev/initial-scale]: invalid value: 0",
+    );
+    assert!(
+        errors_with_config(
+            annotations(&[("autoscaling.knative.dev/initial-scale", "0")]),
+            AutoscalerConfig {
+                allow_zero_initial_scale: true,
+                ..AutoscalerConfig::default()
+            },
+        )
+        .is_empty()
+    );
 }

@@ -33,6 +33,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 const HOST: &str = "hello.default.example.com";
 
 struct Platform {
+    config: ServingConfig,
     backend: LocalBackend,
     objects: ServingObjects,
     ingress: SocketAddr,
@@ -62,7 +63,7 @@ impl Platform {
             .network
             .with_domain_config_map(&BTreeMap::from([("example.com".to_owned(), String::new())]));
         config.autoscaler = autoscaler;
-        let serving = Serving::new(objects.clone(), Arc::new(backend.clone()), config);
+        let serving = Serving::new(objects.clone(), Arc::new(backend.clone()), config.clone());
         let dataplane = serving.dataplane(DataplaneConfig {
             limits,
             ..DataplaneConfig::default()
@@ -88,6 +89,7 @@ impl Platform {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         Platform {
+            config,
             backend,
             objects,
             ingress,
@@ -118,7 +120,7 @@ impl Platform {
     async fn apply(&self, yaml: &str) {
         let services = &self.objects.services;
         let mut svc: Service = serde_yaml::from_str(yaml).expect("manifest parses");
-        let ctx = Context::create();
+        let ctx = Context::create().with_config(self.config.clone());
         svc.set_defaults(&ctx);
         let errors = svc.validate(&ctx);
         assert!(errors.is_empty(), "manifest is valid: {errors}");

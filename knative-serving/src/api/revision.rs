@@ -463,9 +463,15 @@ fn validate_probe(probe: &Probe) -> FieldError {
 /// ones (`specs/SERVING.md §3.7`, through the autoscaler's own parser, so
 /// what validates is exactly what the autoscaler reads) and the progress
 /// deadline. Paths are relative to the annotation map.
-pub(crate) fn validate_annotations(annotations: &BTreeMap<String, String>) -> FieldError {
+pub(crate) fn validate_annotations(
+    annotations: &BTreeMap<String, String>,
+    config: &crate::autoscaling::config::AutoscalerConfig,
+) -> FieldError {
     let mut errs = FieldError::none();
-    if let Err(e) = crate::autoscaling::config::Annotations::parse(annotations) {
+    let parsed = crate::autoscaling::config::Annotations::parse(annotations).and_then(|_| {
+        crate::autoscaling::config::Annotations::check_cluster_limits(annotations, config)
+    });
+    if let Err(e) = parsed {
         errs.push(
             FieldError::invalid_value(&e.value, "")
                 .with_details(e.reason)
@@ -496,7 +502,10 @@ impl Validate for RevisionTemplateSpec {
         if let Some(annotations) = &self.metadata.annotations {
             errs.push(
                 knative_core::apis::names::validate_annotations(annotations, "")
-                    .also(validate_annotations(annotations))
+                    .also(validate_annotations(
+                        annotations,
+                        &serving_config(ctx).autoscaler,
+                    ))
                     .via_field("metadata.annotations"),
             );
         }
@@ -526,7 +535,10 @@ impl Validate for Revision {
     fn validate(&self, ctx: &Context<'_>) -> FieldError {
         let mut errs = self.spec.validate(ctx).via_field("spec");
         if let Some(annotations) = &self.metadata.annotations {
-            errs.push(validate_annotations(annotations).via_field("metadata.annotations"));
+            errs.push(
+                validate_annotations(annotations, &serving_config(ctx).autoscaler)
+                    .via_field("metadata.annotations"),
+            );
         }
         if let Some(original) = ctx.original::<Revision>()
             && original.spec != self.spec

@@ -400,6 +400,59 @@ pub struct Annotations {
 const PREFIX: &str = crate::api::keys::AUTOSCALING_PREFIX;
 
 /// The value of annotation `name` (kebab-case) or its legacy camelCase alias.
+impl Annotations {
+    /// Checks the annotations against the cluster's limits in
+    /// `config-autoscaler`, as upstream's webhook does: `max-scale` (and
+    /// `min-scale`) at most `max-scale-limit` when a limit is set, where
+    /// `max-scale: 0` (unlimited) is refused; `initial-scale: 0` only with
+    /// `allow-zero-initial-scale`.
+    pub fn check_cluster_limits(
+        annotations: &BTreeMap<String, String>,
+        config: &AutoscalerConfig,
+    ) -> Result<(), AutoscalingError> {
+        let limit = config.max_scale_limit;
+        if limit > 0 {
+            if let Some((key, max)) = parse_int(annotations, "max-scale")? {
+                if max == 0 {
+                    return Err(error(
+                        &key,
+                        max,
+                        format!(
+                            "0 (unlimited) is not allowed: the cluster's max-scale-limit is {limit}"
+                        ),
+                    ));
+                }
+                if max > limit {
+                    return Err(error(
+                        &key,
+                        max,
+                        format!("must be at most the cluster's max-scale-limit, {limit}"),
+                    ));
+                }
+            }
+            if let Some((key, min)) = parse_int(annotations, "min-scale")?
+                && min > limit
+            {
+                return Err(error(
+                    &key,
+                    min,
+                    format!("must be at most the cluster's max-scale-limit, {limit}"),
+                ));
+            }
+        }
+        if let Some((key, 0)) = parse_int(annotations, "initial-scale")?
+            && !config.allow_zero_initial_scale
+        {
+            return Err(error(
+                &key,
+                0,
+                "0 is not allowed: the cluster does not set allow-zero-initial-scale",
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn annotation<'a>(
     annotations: &'a BTreeMap<String, String>,
     name: &str,
