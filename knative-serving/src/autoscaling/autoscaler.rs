@@ -491,3 +491,176 @@ fn derived_active(replicas: i32, ready: u32, now: Duration) -> Active {
         since: now,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU32;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::autoscaling::policy::PolicyOutput;
+    use crate::backend::{BackendError, WorkloadSpec, WorkloadStatus};
+
+    /// A backend that records the scale it is asked for and reports that
+    /// many ready replicas at once.
+    struct Recording {
+        scaled: Mutex<Vec<u32>>,
+        status: watch::Sender<WorkloadStatus>,
+    }
+
+    impl Recording {
+        fn new() -> Arc<Self> {
+            Arc::new(Recording {
+                scaled: Mutex::new(Vec::new()),
+                status: watch::channel(WorkloadStatus::default()).0,
+            })
+        }
+        fn scaled(&self) -> Vec<u32> {
+            self.scaled.lock().expect("lock").clone()
+        }
+    }
+
+    #[async_trait]
+    impl WorkloadBackend for Recording {
+        async fn ensure(&self, _: &WorkloadSpec) -> Result<(), BackendError> {
+            Ok(())
+        }
+        async fn scale(&self, _: &WorkloadKey, replicas: u32) -> Result<(), BackendError> {
+            self.scaled.lock().expect("lock").push(replicas);
+            self.status.send_modify(|s| {
+                s.desired = replicas;
+                s.actual = replicas;
+                s.ready = (0..replicas)
+                    .map(|i| crate::backend::Endpoint {
+                        replica: format!("r-{i}"),
+                        address: std::net::SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
+                    })
+                    .collect();
+            });
+            Ok(())
+        }
+        async fn remove(&self, _: &WorkloadKey) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn status(&self, _: &WorkloadKey) -> Result<watch::Receiver<WorkloadStatus>, BackendError> {
+            Ok(self.status.subscribe())
+        }
+    }
+
+    /// One replica per 10 in flight (panic window), never zero; the
+    /// activator leaves the path once two replicas run.
+    struct PerTen {
+        seen: Arc<AtomicU32>,
+    }
+
+    impl ScalingPolicy for PerTen {
+        fn decide(&mut self, input: &PolicyInput<'_>) -> PolicyOutput {
+            self.seen.fetch_add(1, Ordering::SeqCst);
+            let load = input.metrics.panic_concurrency.unwrap_or(0.0);
+            let desired = ((load / 10.0).ceil() as i32).max(1);
+            PolicyOutput::scale(desired, input.ready_pods < 2)
+        }
+    }
+
+    fn target() -> ScalingTarget {
+        ScalingTarget {
+            bounds: ScalingBounds::from_config(&AutoscalerConfig::default()),
+            decider: DeciderSpec::default(),
+            algorithm: Algorithm::default(),
+        }
+    }
+
+    async fn until(what: &str, mut check: impl FnMut() -> bool) {
+        for _ in 0..2000 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    #[tokio::test]
+    async fn the_control_plane_drives_a_user_policy_from_recorded_metrics() {
+        let backend = Recording::new();
+        let seen = Arc::new(AtomicU32::new(0));
+        let factory_seen = Arc::clone(&seen);
+        let autoscaler = Autoscaler::with_tick(
+            backend.clone(),
+            Arc::new(move |_: &WorkloadKey, _: &ScalingTarget| {
+                Box::new(PerTen {
+                    seen: Arc::clone(&factory_seen),
+                }) as Box<dyn ScalingPolicy>
+            }),
+            Duration::from_millis(20),
+        );
+        let key = WorkloadKey::new("default", "hello-00001");
+        autoscaler.upsert(&key, target());
+        // The initial scale comes first, then ticks.
+        until("the initial scale", || backend.scaled().first() == Some(&1)).await;
+        until("a tick", || seen.load(Ordering::SeqCst) > 0).await;
+        let flag = autoscaler.activator_flag(&key);
+        assert!(
+            flag.load(Ordering::SeqCst),
+            "one replica: activator in the path"
+        );
+
+        // 35 in flight: four replicas, and the activator leaves the path.
+        // (Records within one second add up: this is one second's report.)
+        autoscaler.record(&key, 35.0, 100.0);
+        until(
+            &format!("scale to 4 (scaled so far: {:?})", backend.scaled()),
+            || backend.scaled().last() == Some(&4),
+        )
+        .await;
+        until("serve mode", || !flag.load(Ordering::SeqCst)).await;
+        let status = autoscaler.status(&key).expect("scaled").borrow().clone();
+        assert_eq!(status.replicas, 4);
+        assert_eq!(
+            status.active.status,
+            ConditionStatus::True,
+            "derived: ready replicas"
+        );
+
+        // Removing the revision stops its loop.
+        autoscaler.remove(&key);
+        let calls = seen.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(seen.load(Ordering::SeqCst) <= calls + 1);
+        assert!(autoscaler.status(&key).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_poke_wakes_the_kpa_at_zero_without_waiting_for_a_tick() {
+        let backend = Recording::new();
+        // A tick far away: only the poke can trigger a decision in time.
+        let autoscaler = Autoscaler::with_tick(
+            backend.clone(),
+            Arc::new(|_: &WorkloadKey, t: &ScalingTarget| {
+                Box::new(Kpa::new(t.decider.clone())) as Box<dyn ScalingPolicy>
+            }),
+            Duration::from_secs(3600),
+        );
+        let key = WorkloadKey::new("default", "hello-00001");
+        let mut t = target();
+        t.bounds.initial_scale = 0;
+        t.decider.initial_scale = 0;
+        autoscaler.upsert(&key, t);
+        until("the initial scale to zero", || backend.scaled() == [0]).await;
+        autoscaler.poke(&key);
+        until("scale from zero", || backend.scaled().last() == Some(&1)).await;
+    }
+
+    #[test]
+    fn a_new_revision_starts_at_max_of_initial_and_min_within_max() {
+        let mut t = target();
+        t.bounds.initial_scale = 2;
+        t.bounds.min_scale = 3;
+        assert_eq!(t.initial_replicas(), 3);
+        t.bounds.max_scale = 2;
+        assert_eq!(t.initial_replicas(), 2);
+        t.bounds.reachable = false;
+        assert_eq!(t.initial_replicas(), 0);
+    }
+}
