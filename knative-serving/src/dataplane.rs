@@ -92,6 +92,17 @@ pub fn text_response(status: StatusCode, message: impl std::fmt::Display) -> Res
     response
 }
 
+/// A response whose body is exactly `body` (probe answers are compared
+/// byte for byte by their callers).
+pub fn exact_response(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response
+}
+
+/// The longest timeout honoured (longer settings are cut to this).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// A revision's request timeouts (`specs/SERVING.md §4`, "Timeouts").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
@@ -127,7 +138,7 @@ impl Timeouts {
     pub fn of(revision: &Revision) -> Self {
         let seconds = |v: Option<i64>| {
             v.filter(|s| *s > 0)
-                .map(|s| Duration::from_secs(s.unsigned_abs()))
+                .map(|s| Duration::from_secs(s.unsigned_abs()).min(MAX_TIMEOUT))
         };
         let spec = &revision.spec;
         let total = seconds(spec.timeout_seconds).unwrap_or(DEFAULT_TIMEOUT);

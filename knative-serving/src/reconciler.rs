@@ -140,6 +140,7 @@ pub struct Serving {
     config: Arc<ServingConfig>,
     routing: RoutingTable,
     autoscaler: Autoscaler,
+    dataplane: std::sync::OnceLock<Dataplane>,
 }
 
 impl std::fmt::Debug for Serving {
@@ -161,18 +162,22 @@ impl Serving {
             backend,
             config: Arc::new(config),
             routing: RoutingTable::new(),
+            dataplane: std::sync::OnceLock::new(),
         }
     }
 
     /// Scales revisions with the policies `factory` makes instead of the KPA.
-    pub fn with_policy(mut self, factory: PolicyFactory) -> Self {
-        self.autoscaler = Autoscaler::with_policy(Arc::clone(&self.backend), factory);
+    pub fn with_policy(self, factory: PolicyFactory) -> Self {
+        self.autoscaler.set_policy(factory);
         self
     }
 
     /// Replaces the autoscaler (e.g. one with a faster tick for tests).
+    /// Call it before [`Serving::dataplane`]: the data plane reports to
+    /// the autoscaler it was made with.
     pub fn with_autoscaler(mut self, autoscaler: Autoscaler) -> Self {
         self.autoscaler = autoscaler;
+        self.dataplane = std::sync::OnceLock::new();
         self
     }
 
@@ -181,18 +186,25 @@ impl Serving {
         self.autoscaler.clone()
     }
 
-    /// A data plane serving this Serving's routes: the ingress, the
-    /// activator and the queue-proxies, reporting to its autoscaler. Must be
-    /// called inside a tokio runtime; serve it with
-    /// [`Dataplane::serve`](crate::dataplane::Dataplane::serve).
+    /// The data plane serving this Serving's routes: the ingress, the
+    /// activator and the queue-proxies, reporting to its autoscaler. Made
+    /// on the first call with `config` (later calls return the same data
+    /// plane: two would report every request twice). Must be called inside
+    /// a tokio runtime; serve it with
+    /// [`Dataplane::serve`](crate::dataplane::Dataplane::serve), on as many
+    /// listeners as you like.
     pub fn dataplane(&self, config: DataplaneConfig) -> Dataplane {
-        Dataplane::new(
-            config,
-            &self.routing,
-            Arc::clone(&self.backend),
-            Arc::clone(&self.objects.revisions),
-            Some(self.autoscaler.clone()),
-        )
+        self.dataplane
+            .get_or_init(|| {
+                Dataplane::new(
+                    config,
+                    &self.routing,
+                    Arc::clone(&self.backend),
+                    Arc::clone(&self.objects.revisions),
+                    Some(self.autoscaler.clone()),
+                )
+            })
+            .clone()
     }
 
     /// The routing table the Route controller publishes into.

@@ -30,6 +30,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The tests start processes and measure timing: one at a time, so that
+/// they do not starve each other on a 2-core machine.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const HOST: &str = "hello.default.example.com";
 
 struct Platform {
@@ -255,6 +259,7 @@ fn fast_autoscaler() -> AutoscalerConfig {
 /// them, pokes the autoscaler, and every one succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_at_zero_serves_200_concurrent_requests_without_a_failure() {
+    let _serial = SERIAL.lock().await;
     let p = Arc::new(Platform::start(fast_autoscaler(), ServerLimits::default()).await);
     p.apply(&service(
         &[("autoscaling.knative.dev/initial-scale", "0")],
@@ -297,6 +302,7 @@ async fn a_service_at_zero_serves_200_concurrent_requests_without_a_failure() {
 /// fails at any point.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_ramps_replicas_up_then_down_to_zero_with_no_failed_request() {
+    let _serial = SERIAL.lock().await;
     let p = Arc::new(Platform::start(fast_autoscaler(), ServerLimits::default()).await);
     p.apply(&service(
         &[
@@ -378,9 +384,13 @@ async fn load_ramps_replicas_up_then_down_to_zero_with_no_failed_request() {
 /// once, however many clients push.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_concurrency_one_is_never_exceeded_inside_the_app() {
+    let _serial = SERIAL.lock().await;
     let p = Arc::new(Platform::start(fast_autoscaler(), ServerLimits::default()).await);
     p.apply(&service(
-        &[("autoscaling.knative.dev/max-scale", "3")],
+        &[
+            ("autoscaling.knative.dev/min-scale", "3"),
+            ("autoscaling.knative.dev/max-scale", "3"),
+        ],
         "      containerConcurrency: 1\n",
         "cc",
         "",
@@ -408,7 +418,11 @@ async fn container_concurrency_one_is_never_exceeded_inside_the_app() {
         .borrow()
         .ready
         .clone();
-    assert!(!ready.is_empty());
+    assert_eq!(
+        ready.len(),
+        3,
+        "min-scale = max-scale = 3: no replica came or went"
+    );
     let mut busiest = 0;
     for endpoint in ready {
         let mut stream = TcpStream::connect(endpoint.address)
@@ -437,6 +451,7 @@ async fn container_concurrency_one_is_never_exceeded_inside_the_app() {
 /// (d) A 90/10 split measured over 2 000 requests lands within ±3%.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_90_10_split_lands_within_3_percent_over_2000_requests() {
+    let _serial = SERIAL.lock().await;
     let p = Arc::new(Platform::start(AutoscalerConfig::default(), ServerLimits::default()).await);
     p.apply(&service(&[], "", "one", "")).await;
     p.ready(1).await;
@@ -475,6 +490,7 @@ async fn a_90_10_split_lands_within_3_percent_over_2000_requests() {
 /// other requests are served meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_app_gets_504_at_the_revision_timeout() {
+    let _serial = SERIAL.lock().await;
     let p = Arc::new(Platform::start(AutoscalerConfig::default(), ServerLimits::default()).await);
     p.apply(&service(&[], "      timeoutSeconds: 1\n", "slow", ""))
         .await;
@@ -491,7 +507,7 @@ async fn a_slow_app_gets_504_at_the_revision_timeout() {
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
     assert!(body.contains("timeout"), "{body}");
     assert!(
-        elapsed >= Duration::from_secs(1) && elapsed < Duration::from_millis(2500),
+        elapsed >= Duration::from_secs(1) && elapsed < Duration::from_secs(5),
         "answered after {elapsed:?}"
     );
     if let Ok(p) = Arc::try_unwrap(p) {
@@ -515,6 +531,7 @@ async fn raw_exchange(address: SocketAddr, bytes: &[u8], wait: Duration) -> (Str
 /// clear status and are cut off without stalling anyone else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_slow_clients_are_cut_off_without_stalling_others() {
+    let _serial = SERIAL.lock().await;
     let limits = ServerLimits {
         max_header_bytes: 16 * 1024,
         max_body_bytes: Some(1024 * 1024),
@@ -610,9 +627,17 @@ async fn oversized_and_slow_clients_are_cut_off_without_stalling_others() {
     )
     .await;
     assert!(
-        response.starts_with("HTTP/1.1 200") && response.ends_with("activator\n"),
+        response.starts_with("HTTP/1.1 200") && response.ends_with("\r\n\r\nactivator"),
         "{response}"
     );
+    // Clients cannot pick a revision by header.
+    let (response, _) = raw_exchange(
+        ingress,
+        b"GET / HTTP/1.1\r\nHost: nobody.example.com\r\nKnative-Serving-Revision: hello-00001\r\nKnative-Serving-Namespace: default\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 404"), "{response}");
     let (response, _) = raw_exchange(
         ingress,
         b"GET / HTTP/1.1\r\nHost: nobody.example.com\r\nConnection: close\r\n\r\n",

@@ -126,7 +126,7 @@ impl std::fmt::Debug for Autoscaler {
 
 struct Inner {
     backend: Arc<dyn WorkloadBackend>,
-    factory: PolicyFactory,
+    factory: Mutex<PolicyFactory>,
     tick: Duration,
     epoch: Instant,
     revisions: Mutex<HashMap<WorkloadKey, Entry>>,
@@ -152,6 +152,9 @@ struct State {
     concurrency: MetricWindows,
     rps: MetricWindows,
     replicas: i32,
+    /// Concurrency a poke recorded ahead of the data plane's report; taken
+    /// off the next report so the first request is not counted twice.
+    poke_debt: f64,
 }
 
 impl Drop for Inner {
@@ -188,7 +191,7 @@ impl Autoscaler {
         Autoscaler {
             inner: Arc::new(Inner {
                 backend,
-                factory,
+                factory: Mutex::new(factory),
                 tick,
                 epoch: Instant::now(),
                 revisions: Mutex::new(HashMap::new()),
@@ -201,6 +204,38 @@ impl Autoscaler {
         self.inner.epoch.elapsed()
     }
 
+    /// Makes revisions registered from now on use `factory`'s policies
+    /// (revisions already being scaled keep theirs).
+    pub fn set_policy(&self, factory: PolicyFactory) {
+        *self
+            .inner
+            .factory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = factory;
+    }
+
+    fn policy(&self, key: &WorkloadKey, target: &ScalingTarget) -> Box<dyn ScalingPolicy> {
+        let factory = Arc::clone(
+            &self
+                .inner
+                .factory
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        factory(key, target)
+    }
+
+    /// The entry of `key`: its state and poke, cloned out of the map so
+    /// that no map lock is held while a policy decides.
+    fn entry(&self, key: &WorkloadKey) -> Option<(Arc<Mutex<State>>, Arc<Notify>)> {
+        self.inner
+            .revisions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .map(|e| (Arc::clone(&e.state), Arc::clone(&e.poke)))
+    }
+
     /// Starts scaling `key` (scaling it to its initial replicas at once),
     /// or updates its target. Must run inside a tokio runtime.
     pub fn upsert(&self, key: &WorkloadKey, target: ScalingTarget) {
@@ -210,11 +245,17 @@ impl Autoscaler {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(entry) = revisions.get(key) {
-            let mut state = entry.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let (state, poke) = (Arc::clone(&entry.state), Arc::clone(&entry.poke));
+            drop(revisions);
+            let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
             if state.target != target {
-                if state.target.decider != target.decider {
-                    // New targets or windows: a fresh policy and windows.
-                    state.policy = (self.inner.factory)(key, &target);
+                let mut old = state.target.decider.clone();
+                old.reachable = target.decider.reachable;
+                if old != target.decider {
+                    // New targets or windows (the revision's annotations
+                    // changed): a fresh policy and windows. Reachability
+                    // alone reaches the policy through the bounds.
+                    state.policy = self.policy(key, &target);
                     state.concurrency = windows(&target);
                     state.rps = windows(&target);
                 }
@@ -222,17 +263,18 @@ impl Autoscaler {
                 state.target = target;
                 drop(state);
                 if reachability_changed {
-                    entry.poke.notify_one();
+                    poke.notify_one();
                 }
             }
             return;
         }
         let initial = target.initial_replicas();
         let state = Arc::new(Mutex::new(State {
-            policy: (self.inner.factory)(key, &target),
+            policy: self.policy(key, &target),
             concurrency: windows(&target),
             rps: windows(&target),
             replicas: i32::try_from(initial).unwrap_or(i32::MAX),
+            poke_debt: 0.0,
             target,
         }));
         let flag = self.activator_flag(key);
@@ -281,25 +323,19 @@ impl Autoscaler {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(key);
-        self.inner
-            .flags
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(key);
+        // The flag stays: a data plane may hold it, and a revision scaled
+        // again later must reach the same one.
     }
 
     /// Records one second of the revision's metrics, revision-wide totals:
     /// average concurrency and requests per second.
     pub fn record(&self, key: &WorkloadKey, concurrency: f64, rps: f64) {
         let now = self.now();
-        let revisions = self
-            .inner
-            .revisions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = revisions.get(key) {
-            let mut state = entry.state.lock().unwrap_or_else(PoisonError::into_inner);
-            state.concurrency.record(now, concurrency);
+        if let Some((state, _)) = self.entry(key) {
+            let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+            let debt = state.poke_debt.min(concurrency.max(0.0));
+            state.poke_debt = 0.0;
+            state.concurrency.record(now, concurrency - debt);
             state.rps.record(now, rps);
         }
     }
@@ -310,24 +346,19 @@ impl Autoscaler {
     /// the next tick.
     pub fn poke(&self, key: &WorkloadKey) {
         let now = self.now();
-        let revisions = self
-            .inner
-            .revisions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = revisions.get(key) {
+        if let Some((state, poke)) = self.entry(key) {
             {
-                let mut state = entry.state.lock().unwrap_or_else(PoisonError::into_inner);
-                if state
+                let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+                let idle = state
                     .concurrency
                     .stable_and_panic(now)
-                    .is_none_or(|(s, p)| s == 0.0 && p == 0.0)
-                {
+                    .is_none_or(|(s, p)| s == 0.0 && p == 0.0);
+                if idle {
                     state.concurrency.record(now, 1.0);
-                    state.rps.record(now, 1.0);
+                    state.poke_debt = 1.0;
                 }
             }
-            entry.poke.notify_one();
+            poke.notify_one();
         }
     }
 
@@ -388,10 +419,23 @@ async fn run(
     let Some(backend) = inner.upgrade().map(|i| Arc::clone(&i.backend)) else {
         return;
     };
-    if let Err(error) = backend.scale(&key, initial).await {
-        warn!(%error, initial, "initial scale failed");
-    }
+    let mut initialized = false;
     loop {
+        // The initial scale first, retried at every tick until it works.
+        if !initialized {
+            match backend.scale(&key, initial).await {
+                Ok(()) => initialized = true,
+                Err(error) => {
+                    warn!(%error, initial, "initial scale failed; retrying");
+                    let tick = inner.upgrade().map_or(TICK, |i| i.tick);
+                    tokio::select! {
+                        () = tokio::time::sleep(tick) => {}
+                        () = poke.notified() => {}
+                    }
+                    continue;
+                }
+            }
+        }
         let Some(inner) = inner.upgrade() else { return };
         let now = inner.epoch.elapsed();
         let tick = inner.tick;

@@ -43,6 +43,18 @@ pub enum Destination {
     Http(SocketAddr),
 }
 
+impl Destination {
+    /// Whether both lead to the same place (the same queue-proxy, or the
+    /// same address).
+    pub fn same_as(&self, other: &Destination) -> bool {
+        match (self, other) {
+            (Destination::QueueProxy(a), Destination::QueueProxy(b)) => Arc::ptr_eq(a, b),
+            (Destination::Http(a), Destination::Http(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
 /// One ready replica.
 #[derive(Clone, Debug)]
 pub struct Replica {
@@ -131,19 +143,38 @@ impl Throttler {
         Arc::clone(&self.trackers.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Replaces the ready replicas. Replicas that stay (same name) keep
-    /// their trackers, so requests in flight stay counted against them.
+    /// Replaces the ready replicas. Replicas that stay (same name, same
+    /// destination) keep their trackers, so requests in flight stay
+    /// counted against them; a replica restarted elsewhere gets a new one.
     pub fn update(&self, replicas: Vec<Replica>) {
         let old = self.snapshot();
         let trackers: Vec<Arc<PodTracker<Replica>>> = replicas
             .into_iter()
             .map(|r| {
                 old.iter()
-                    .find(|t| t.target.name == r.name)
+                    .find(|t| {
+                        t.target.name == r.name && t.target.destination.same_as(&r.destination)
+                    })
                     .cloned()
                     .unwrap_or_else(|| Arc::new(PodTracker::new(r, self.cc)))
             })
             .collect();
+        self.set(trackers);
+    }
+
+    /// Stops sending to replica `name` until the next [`Throttler::update`]
+    /// (it refused a connection: it is going away).
+    pub fn remove_replica(&self, name: &str) {
+        let trackers: Vec<_> = self
+            .snapshot()
+            .iter()
+            .filter(|t| t.target.name != name)
+            .cloned()
+            .collect();
+        self.set(trackers);
+    }
+
+    fn set(&self, trackers: Vec<Arc<PodTracker<Replica>>>) {
         let n = trackers.len();
         *self
             .trackers
@@ -247,6 +278,28 @@ mod tests {
             throttler.acquire().await.err(),
             Some(ThrottleError::QueueFull(2))
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_that_refused_is_skipped_and_one_restarted_elsewhere_is_new() {
+        let throttler = Throttler::new(1, 100);
+        throttler.update(replicas(2));
+        throttler.remove_replica("r-0");
+        assert_eq!(throttler.capacity(), 1);
+        let slot = throttler.acquire().await.expect("slot");
+        assert_eq!(slot.replica().name, "r-1");
+        drop(slot);
+        // r-1 comes back on another port while a request holds the old one.
+        let held = throttler.acquire().await.expect("slot");
+        let mut moved = replicas(2);
+        moved[1].destination = Destination::Http(SocketAddr::from(([127, 0, 0, 1], 9999)));
+        throttler.update(moved);
+        let fresh = tokio::time::timeout(Duration::from_secs(1), throttler.acquire())
+            .await
+            .expect("the restarted replica has its own slot")
+            .expect("slot");
+        assert!(matches!(held.replica().destination, Destination::Http(a) if a.port() == 9001));
+        drop(fresh);
     }
 
     #[tokio::test(start_paused = true)]

@@ -88,6 +88,11 @@ pub struct DataplaneConfig {
     pub activator_queue_depth: usize,
     /// How replicas are reached.
     pub replicas: ReplicaMode,
+    /// Whether clients may pick a revision with `Knative-Serving-Revision`
+    /// and `Knative-Serving-Namespace` (only for an ingress in front of
+    /// this one, such as a cluster's gateway; off by default, and the
+    /// headers are then removed).
+    pub trust_routing_headers: bool,
 }
 
 impl Default for DataplaneConfig {
@@ -97,6 +102,7 @@ impl Default for DataplaneConfig {
             tag_header_routing: false,
             activator_queue_depth: DEFAULT_QUEUE_DEPTH,
             replicas: ReplicaMode::default(),
+            trust_routing_headers: false,
         }
     }
 }
@@ -338,11 +344,7 @@ impl Dataplane {
                     .collect();
                 *inner.hosts.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(index);
                 let wanted: std::collections::HashSet<WorkloadKey> = wanted.into_iter().collect();
-                inner
-                    .revisions
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .retain(|k, _| wanted.contains(k));
+                inner.retain_paths(&wanted);
                 for key in wanted {
                     Inner::path(&inner, &key).await;
                 }
@@ -360,6 +362,8 @@ impl Dataplane {
                 interval.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
                 inner.report();
+                let routed = inner.routed();
+                inner.retain_paths(&routed);
             }
         });
         inner
@@ -390,14 +394,20 @@ impl Dataplane {
     }
 
     /// Answers one request as the ingress does.
-    pub async fn handle(&self, request: Request<Body>, peer: Peer) -> Response<Body> {
+    pub async fn handle(&self, mut request: Request<Body>, peer: Peer) -> Response<Body> {
         let started = Instant::now();
+        // Only the data plane says a request was proxied by the activator.
+        request.headers_mut().remove(headers::PROXY_REQUEST);
+        if !self.inner.config.trust_routing_headers {
+            request.headers_mut().remove(headers::REVISION);
+            request.headers_mut().remove(headers::NAMESPACE);
+        }
         let h = request.headers();
         if headers::is_probe(h, headers::PROBE_ACTIVATOR) {
-            return text_response(StatusCode::OK, headers::PROBE_ACTIVATOR);
+            return super::exact_response(StatusCode::OK, headers::PROBE_ACTIVATOR);
         }
         if headers::is_probe(h, "probe") {
-            let mut response = text_response(StatusCode::OK, "probe");
+            let mut response = super::exact_response(StatusCode::OK, "probe");
             if let Some(hash) = h.get(headers::HASH) {
                 response.headers_mut().insert(headers::HASH, hash.clone());
             }
@@ -407,6 +417,8 @@ impl Dataplane {
             Ok(key) => key,
             Err(response) => return response,
         };
+        request.headers_mut().remove(headers::REVISION);
+        request.headers_mut().remove(headers::NAMESPACE);
         let span = info_span!("request", revision = %key, method = %request.method(), path = %request.uri().path(), remote = %peer.remote);
         let Some(path) = Inner::path(&self.inner, &key).await else {
             return text_response(
@@ -565,13 +577,56 @@ impl Inner {
                 concurrency += (r.average_concurrency - r.average_proxied_concurrency).max(0.0);
                 requests += (r.request_count - r.proxied_request_count).max(0.0);
             }
-            let rps = if elapsed > 0.0 {
-                requests / elapsed
-            } else {
-                0.0
-            };
+            // A path created moments ago has not seen a whole second.
+            let rps = requests / elapsed.max(REPORT_INTERVAL.as_secs_f64());
             autoscaler.record(&path.key, concurrency, rps);
         }
+        // Revisions being scaled that no route sends to: nothing reaches
+        // them, which the autoscaler must see as zeros to scale them down.
+        let served: std::collections::HashSet<WorkloadKey> = self
+            .revisions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        for key in autoscaler.revisions() {
+            if !served.contains(&key) {
+                autoscaler.record(&key, 0.0, 0.0);
+            }
+        }
+    }
+
+    /// Keeps the paths of revisions that are routed (`routed`) or still
+    /// being scaled (their replicas keep their queue-proxies, breakers
+    /// and stats while traffic moves away and back); drops the others.
+    fn retain_paths(&self, routed: &std::collections::HashSet<WorkloadKey>) {
+        let scaled: std::collections::HashSet<WorkloadKey> = self
+            .autoscaler
+            .as_ref()
+            .map(|a| a.revisions().into_iter().collect())
+            .unwrap_or_default();
+        self.revisions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|k, _| routed.contains(k) || scaled.contains(k));
+    }
+
+    /// Revisions the routes send traffic to.
+    fn routed(&self) -> std::collections::HashSet<WorkloadKey> {
+        let index = Arc::clone(&self.hosts.read().unwrap_or_else(PoisonError::into_inner));
+        index
+            .hosts
+            .values()
+            .flat_map(|r| {
+                r.split
+                    .targets
+                    .iter()
+                    .chain(r.tags.values().flat_map(|s| s.targets.iter()))
+                    .map(|(k, _)| k.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     fn destinations(&self, path: &RevisionPath, ready: &[Endpoint]) -> Vec<Replica> {
@@ -627,6 +682,7 @@ impl Inner {
 
 /// Keeps a revision's replicas in step with the backend's ready endpoints.
 async fn follow_endpoints(inner: Weak<Inner>, path: Weak<RevisionPath>) {
+    let mut backoff = Duration::from_millis(20);
     loop {
         let (Some(i), Some(p)) = (inner.upgrade(), path.upgrade()) else {
             return;
@@ -636,11 +692,13 @@ async fn follow_endpoints(inner: Weak<Inner>, path: Weak<RevisionPath>) {
         let mut status = match status {
             Ok(s) => s,
             Err(_) => {
-                // Not ensured yet.
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Not ensured yet (or cannot run at all): look again later.
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
         };
+        backoff = Duration::from_millis(20);
         loop {
             let ready = status.borrow_and_update().ready.clone();
             let (Some(i), Some(p)) = (inner.upgrade(), path.upgrade()) else {
@@ -674,14 +732,19 @@ impl RevisionPath {
         let inner = Arc::clone(inner);
         super::timeout::with_timeouts(timeouts, started.into(), async move {
             let mut request = request;
-            if !self.activator_in_path.load(Ordering::Relaxed) {
+            // Direct replicas are only counted by the activator: it stays in the path.
+            let direct = inner.config.replicas == ReplicaMode::Direct;
+            if !direct && !self.activator_in_path.load(Ordering::Relaxed) {
                 let replicas =
                     Arc::clone(&self.replicas.read().unwrap_or_else(PoisonError::into_inner));
                 for _ in 0..replicas.len() {
                     let i = self.rr.fetch_add(1, Ordering::Relaxed) % replicas.len();
                     match send(&inner.upstream, &replicas[i].destination, request).await {
                         Ok(response) => return response,
-                        Err(Sent::Unsent(back)) => request = *back,
+                        Err(Sent::Unsent(back)) => {
+                            request = *back;
+                            self.evict(&replicas[i].name);
+                        }
                         Err(Sent::Response(response)) => return response,
                     }
                 }
@@ -702,12 +765,14 @@ impl RevisionPath {
             headers::PROXY_REQUEST,
             HeaderValue::from_static(headers::PROXY_ACTIVATOR),
         );
+        let mut backoff = Duration::from_millis(5);
         loop {
             let slot = match self.throttler.acquire().await {
                 Ok(slot) => slot,
                 Err(e) => return text_response(StatusCode::SERVICE_UNAVAILABLE, e),
             };
             let destination = slot.replica().destination.clone();
+            let name = slot.replica().name.clone();
             match send(&inner.upstream, &destination, request).await {
                 Ok(response) => {
                     return response.map(|body| {
@@ -720,14 +785,37 @@ impl RevisionPath {
                 Err(Sent::Unsent(back)) => {
                     request = *back;
                     drop(slot);
-                    // The replica is going away; its removal is on its way.
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    // The replica is going away: stop picking it until the
+                    // backend reports again, and retry (bounded by the
+                    // revision's timeout) on another one.
+                    self.evict(&name);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
                     if self.throttler.replicas() == 0 {
                         self.poke(inner);
                     }
                 }
                 Err(Sent::Response(response)) => return response,
             }
+        }
+    }
+
+    /// Stops sending to a replica that refused a connection until the
+    /// backend reports its replicas again.
+    fn evict(&self, name: &str) {
+        self.throttler.remove_replica(name);
+        let mut replicas = self
+            .replicas
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if replicas.iter().any(|r| r.name == name) {
+            *replicas = Arc::new(
+                replicas
+                    .iter()
+                    .filter(|r| r.name != name)
+                    .cloned()
+                    .collect(),
+            );
         }
     }
 

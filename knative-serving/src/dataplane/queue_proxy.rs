@@ -88,6 +88,7 @@ pub struct QueueProxy {
     upstream: Upstream,
     draining: AtomicBool,
     last_report: Mutex<StatsReport>,
+    last_request: Mutex<Instant>,
 }
 
 impl std::fmt::Debug for QueueProxy {
@@ -109,6 +110,7 @@ impl QueueProxy {
             upstream,
             draining: AtomicBool::new(false),
             last_report: Mutex::new(StatsReport::default()),
+            last_request: Mutex::new(Instant::now()),
             config,
         }
     }
@@ -160,6 +162,23 @@ impl QueueProxy {
         }
     }
 
+    /// Waits until no request is in flight and none arrived for `quiet`
+    /// (what a pre-stop hook waits for: endpoints have stopped sending).
+    pub async fn wait_drained(&self, quiet: Duration) {
+        loop {
+            let since = self
+                .last_request
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .elapsed();
+            if self.in_flight() == 0 && since >= quiet {
+                return;
+            }
+            let wait = quiet.saturating_sub(since).max(Duration::from_millis(10));
+            tokio::time::sleep(wait.min(Duration::from_millis(100))).await;
+        }
+    }
+
     /// Whether the app passes its readiness check (and the proxy is not draining).
     pub async fn is_ready(&self) -> bool {
         if self.is_draining() {
@@ -202,7 +221,7 @@ impl QueueProxy {
             return None;
         }
         Some(if self.is_ready().await {
-            text_response(StatusCode::OK, headers::PROBE_QUEUE)
+            super::exact_response(StatusCode::OK, headers::PROBE_QUEUE)
         } else {
             text_response(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -217,6 +236,10 @@ impl QueueProxy {
     pub(crate) async fn proxy(&self, request: Request<Body>) -> Result<Response<Body>, ProxyError> {
         let proxied = headers::is_proxied(request.headers());
         let in_flight = self.stats.track(proxied);
+        *self
+            .last_request
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
         let permit = match &self.breaker {
             None => None,
             Some(breaker) => match breaker.acquire().await {
@@ -378,7 +401,7 @@ impl QueueProxyEnv {
         }
         let seconds = |name: &'static str, default: u64| -> Result<Option<Duration>, EnvError> {
             let s: u64 = number(&var, name, default)?;
-            Ok((s > 0).then(|| Duration::from_secs(s)))
+            Ok((s > 0).then(|| Duration::from_secs(s).min(super::MAX_TIMEOUT)))
         };
         let user_port: u16 = number(&var, "USER_PORT", 8080)?;
         let total = seconds("REVISION_TIMEOUT_SECONDS", 300)?.unwrap_or(super::DEFAULT_TIMEOUT);
@@ -511,9 +534,16 @@ pub async fn run(
         }
     };
 
+    // Requests in flight at shutdown may run for the revision's whole timeout.
+    let serving_limits = ServerLimits {
+        drain_timeout: env.proxy.timeouts.total + Duration::from_secs(30),
+        // The app decides what bodies it takes (upstream sets no limit).
+        max_body_bytes: None,
+        ..ServerLimits::default()
+    };
     let serve = {
         let proxy = Arc::clone(&proxy);
-        Server::new(ServerLimits::default()).serve(
+        Server::new(serving_limits).serve(
             serving,
             move |request, _peer| {
                 let proxy = Arc::clone(&proxy);
@@ -529,7 +559,7 @@ pub async fn run(
             move |request, _peer| {
                 let proxy = Arc::clone(&proxy);
                 let path = request.uri().path().to_owned();
-                async move { admin_handler(&proxy, &path).await }
+                async move { admin_handler(&proxy, &path, env.drain).await }
             },
             stopped(),
         )
@@ -562,7 +592,7 @@ pub async fn run(
     served.map_err(Into::into)
 }
 
-async fn admin_handler(proxy: &QueueProxy, path: &str) -> Response<Body> {
+async fn admin_handler(proxy: &QueueProxy, path: &str, quiet: Duration) -> Response<Body> {
     match path {
         "/drain" => {
             proxy.drain();
@@ -570,7 +600,7 @@ async fn admin_handler(proxy: &QueueProxy, path: &str) -> Response<Body> {
         }
         "/wait-for-drain" => {
             proxy.drain();
-            proxy.wait_idle().await;
+            proxy.wait_drained(quiet).await;
             text_response(StatusCode::OK, "drained")
         }
         path => text_response(

@@ -24,7 +24,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -126,9 +126,14 @@ pub fn forward_error_response(error: &hyper::Error, who: &str) -> Response<Body>
     )
 }
 
-const IDLE: u8 = 0;
-const READING_HEAD: u8 = 1;
-const IN_REQUEST: u8 = 2;
+// The connection's state, shared between the service and the IO wrapper:
+// `(request sequence << 2) | phase`. Only requests change it; the IO
+// wrapper keeps its own view of the head being read.
+const IDLE: u64 = 0;
+const READING_HEAD: u64 = 1;
+const IN_REQUEST: u64 = 2;
+const DONE: u64 = 3;
+const PHASE: u64 = 3;
 
 const TIMEOUT_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 56\r\nconnection: close\r\n\r\nrequest timeout: the request head was not sent in time\r\n";
 
@@ -208,7 +213,8 @@ async fn serve_connection<H, F>(
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let _ = stream.set_nodelay(true);
-    let state = Arc::new(AtomicU8::new(IDLE));
+    let state = Arc::new(AtomicU64::new(IDLE));
+    let sequence = Arc::new(AtomicU64::new(0));
     let io = GuardedIo {
         inner: stream,
         state: Arc::clone(&state),
@@ -218,11 +224,17 @@ async fn serve_connection<H, F>(
         timed_out: false,
     };
     let service = service_fn(move |request: Request<Incoming>| {
-        state.store(IN_REQUEST, Ordering::Release);
-        let done = RequestDone(Arc::clone(&state));
+        let seq = sequence.fetch_add(1, Ordering::Relaxed) + 1;
+        state.store((seq << 2) | IN_REQUEST, Ordering::Release);
+        // Done when both the request body and the response are dropped.
+        let done = Arc::new(RequestDone {
+            state: Arc::clone(&state),
+            seq,
+        });
+        let body_done = Arc::clone(&done);
         let handler = handler.clone();
         async move {
-            let response = match limit_body(request, &limits) {
+            let response = match limit_body(request, &limits, body_done) {
                 Ok(request) => handler(request, peer).await,
                 Err(response) => response,
             };
@@ -258,12 +270,21 @@ async fn serve_connection<H, F>(
     }
 }
 
-/// Marks the connection idle again when the response is done.
-struct RequestDone(Arc<AtomicU8>);
+/// Marks request `seq` done when its request body and response are both
+/// gone (a later request's state is left alone).
+struct RequestDone {
+    state: Arc<AtomicU64>,
+    seq: u64,
+}
 
 impl Drop for RequestDone {
     fn drop(&mut self) {
-        self.0.store(IDLE, Ordering::Release);
+        let _ = self.state.compare_exchange(
+            (self.seq << 2) | IN_REQUEST,
+            (self.seq << 2) | DONE,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
 }
 
@@ -272,6 +293,7 @@ impl Drop for RequestDone {
 fn limit_body(
     request: Request<Incoming>,
     limits: &ServerLimits,
+    done: Arc<RequestDone>,
 ) -> Result<Request<Body>, Response<Body>> {
     if let Some(limit) = limits.max_body_bytes {
         let declared = request
@@ -297,6 +319,7 @@ fn limit_body(
             read: 0,
             timeout: limits.body_read_timeout,
             idle: None,
+            _done: done,
         })
     }))
 }
@@ -308,6 +331,7 @@ struct LimitedBody {
     read: u64,
     timeout: Duration,
     idle: Option<Pin<Box<Sleep>>>,
+    _done: Arc<RequestDone>,
 }
 
 impl hyper::body::Body for LimitedBody {
@@ -359,11 +383,11 @@ impl hyper::body::Body for LimitedBody {
 /// The client connection, with the head-read and keep-alive deadlines.
 struct GuardedIo {
     inner: TcpStream,
-    state: Arc<AtomicU8>,
+    state: Arc<AtomicU64>,
     limits: ServerLimits,
     deadline: Pin<Box<Sleep>>,
     /// The phase the deadline was set for.
-    phase: u8,
+    phase: u64,
     timed_out: bool,
 }
 
@@ -377,13 +401,23 @@ impl AsyncRead for GuardedIo {
         if this.timed_out {
             return Poll::Ready(Ok(()));
         }
-        let state = this.state.load(Ordering::Acquire);
-        if state == IN_REQUEST {
+        let word = this.state.load(Ordering::Acquire);
+        if word & PHASE == IN_REQUEST {
             this.phase = IN_REQUEST;
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
+        if word & PHASE == DONE {
+            // A request finished since the last look: idle from now on,
+            // whatever this wrapper saw of its head.
+            let _ = this.state.compare_exchange(
+                word,
+                word & !PHASE,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+            this.phase = IN_REQUEST;
+        }
         if this.phase == IN_REQUEST {
-            // A response ended: the connection is idle from now on.
             this.phase = IDLE;
             let at = Instant::now() + this.limits.keep_alive_timeout;
             this.deadline.as_mut().reset(at);
@@ -393,7 +427,6 @@ impl AsyncRead for GuardedIo {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before && this.phase == IDLE {
                     this.phase = READING_HEAD;
-                    this.state.store(READING_HEAD, Ordering::Release);
                     let at = Instant::now() + this.limits.header_read_timeout;
                     this.deadline.as_mut().reset(at);
                 }

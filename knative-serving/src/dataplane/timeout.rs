@@ -43,10 +43,15 @@ pub async fn with_timeouts<F>(timeouts: Timeouts, started: Instant, respond: F) 
 where
     F: Future<Output = Response<Body>>,
 {
-    let deadline = started + timeouts.total;
+    let far = |d: Duration| {
+        started
+            .checked_add(d.min(super::MAX_TIMEOUT))
+            .unwrap_or(started)
+    };
+    let deadline = far(timeouts.total);
     let start_deadline = timeouts
         .response_start
-        .map_or(deadline, |d| (started + d).min(deadline));
+        .map_or(deadline, |d| far(d).min(deadline));
     match tokio::time::timeout_at(start_deadline, respond).await {
         Ok(response) if response.body().is_end_stream() => response,
         Ok(response) => response.map(|body| {

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::body::{Body as _, Frame, Incoming};
@@ -27,6 +27,11 @@ use super::{Body, BoxError};
 
 /// Idle connections kept per address.
 const MAX_IDLE_PER_ADDRESS: usize = 512;
+/// Idle connections older than this are not reused (apps close idle
+/// keep-alive connections after a few seconds: Node.js after 5 s).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a returned connection may take to become ready again.
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -62,7 +67,7 @@ impl std::fmt::Display for ForwardError {
     }
 }
 
-type Pool = Mutex<HashMap<SocketAddr, Vec<SendRequest<Body>>>>;
+type Pool = Mutex<HashMap<SocketAddr, Vec<(SendRequest<Body>, Instant)>>>;
 
 /// A pool of HTTP/1 connections, per upstream address. Cheap to clone.
 #[derive(Clone, Default)]
@@ -108,7 +113,10 @@ fn strip_connection_tokens(headers: &mut HeaderMap) {
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
     for name in &named {
-        headers.remove(name);
+        // A client cannot make the proxy drop what frames or routes the message.
+        if name != header::HOST && name != header::CONTENT_LENGTH {
+            headers.remove(name);
+        }
     }
     headers.remove(header::CONNECTION);
 }
@@ -122,63 +130,77 @@ impl Upstream {
     /// Sends `request` to `address` and returns the response headers; the
     /// body streams from the app. The request's URI becomes origin-form
     /// (path and query), its `Host` header is kept (set from the URI's
-    /// authority when missing) and hop-by-hop headers are dropped.
+    /// authority when missing) and hop-by-hop headers are dropped, on the
+    /// request and on the response.
+    ///
+    /// A pooled connection is used when one is idle and ready. When the
+    /// app had closed it (an idle keep-alive timeout, or a graceful
+    /// shutdown) the request is sent again on a new connection if it was
+    /// not sent at all, or if it has no body and a safe method (the
+    /// connection was closed before any response, so nothing was done).
     pub async fn send(
         &self,
         address: SocketAddr,
         mut request: Request<Body>,
     ) -> Result<Response<Body>, ForwardError> {
         prepare(&mut request);
-        let mut request = request;
-        // A pooled connection may have been closed by the app; a fresh
-        // connection is tried once after that.
-        for fresh in [false, true] {
-            let sender = if fresh {
-                None
-            } else {
-                self.checkout(address).await
-            };
-            let reused = sender.is_some();
-            let mut sender = match sender {
-                Some(s) => s,
-                None => match connect(address).await {
-                    Ok(s) => s,
-                    Err(error) => {
-                        return Err(ForwardError::Unsent {
-                            request: Box::new(request),
-                            error,
-                        });
-                    }
-                },
-            };
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    let pool = Arc::clone(&self.idle);
-                    return Ok(response.map(|body| {
-                        super::boxed(PooledBody {
-                            inner: body,
-                            sender: Some(sender),
-                            address,
-                            pool,
-                        })
-                    }));
+        if let Some(sender) = self.checkout(address) {
+            let replay = replayable(&request);
+            match self.try_send(sender, address, request).await {
+                Ok(response) => return Ok(response),
+                Err(Attempt::Unsent(unsent, error)) => {
+                    debug!(%address, %error, "pooled connection was closed; retrying on a new one");
+                    request = *unsent;
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => {
-                        debug!(%address, error = %e.error(), "pooled connection was closed; retrying on a new one");
-                        request = unsent;
+                Err(Attempt::Failed(error)) => match replay {
+                    Some(parts) if closed_before_response(&error) => {
+                        debug!(%address, %error, "pooled connection closed under the request; replaying it on a new one");
+                        request = parts.rebuild();
                     }
-                    Some(unsent) => {
-                        return Err(ForwardError::Unsent {
-                            request: Box::new(unsent),
-                            error: Box::new(e.into_error()),
-                        });
-                    }
-                    None => return Err(ForwardError::Failed(e.into_error())),
+                    _ => return Err(ForwardError::Failed(error)),
                 },
             }
         }
-        unreachable_unsent()
+        let sender = match connect(address).await {
+            Ok(sender) => sender,
+            Err(error) => {
+                return Err(ForwardError::Unsent {
+                    request: Box::new(request),
+                    error,
+                });
+            }
+        };
+        match self.try_send(sender, address, request).await {
+            Ok(response) => Ok(response),
+            Err(Attempt::Unsent(request, error)) => Err(ForwardError::Unsent { request, error }),
+            Err(Attempt::Failed(error)) => Err(ForwardError::Failed(error)),
+        }
+    }
+
+    async fn try_send(
+        &self,
+        mut sender: SendRequest<Body>,
+        address: SocketAddr,
+        request: Request<Body>,
+    ) -> Result<Response<Body>, Attempt> {
+        match sender.try_send_request(request).await {
+            Ok(mut response) => {
+                strip_hop_by_hop(response.headers_mut());
+                let pool = Arc::clone(&self.idle);
+                Ok(response.map(|body| {
+                    super::boxed(PooledBody {
+                        inner: body,
+                        sender: Some(sender),
+                        address,
+                        pool,
+                    })
+                }))
+            }
+            Err(mut e) => match e.take_message() {
+                Some(unsent) => Err(Attempt::Unsent(Box::new(unsent), Box::new(e.into_error()))),
+                None => Err(Attempt::Failed(e.into_error())),
+            },
+        }
     }
 
     /// Drops the idle connections to `address` (its replica went away).
@@ -189,34 +211,78 @@ impl Upstream {
             .remove(&address);
     }
 
-    /// An idle connection to `address` that is ready for a request.
-    async fn checkout(&self, address: SocketAddr) -> Option<SendRequest<Body>> {
-        loop {
-            let mut sender = self
-                .idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get_mut(&address)?
-                .pop()?;
-            if sender.is_closed() {
-                continue;
-            }
-            // A connection comes back when its last response ended; the
-            // connection task may not have marked it idle yet.
-            if sender.ready().await.is_ok() {
+    /// An idle connection to `address` that is ready for a request; stale
+    /// and busy ones are dropped.
+    fn checkout(&self, address: SocketAddr) -> Option<SendRequest<Body>> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let senders = idle.get_mut(&address)?;
+        while let Some((sender, since)) = senders.pop() {
+            if sender.is_ready() && since.elapsed() < IDLE_TIMEOUT {
                 return Some(sender);
             }
         }
+        None
     }
 }
 
-/// The loop in [`Upstream::send`] returns on its second pass; this keeps
-/// the compiler satisfied without a panic path.
-fn unreachable_unsent() -> Result<Response<Body>, ForwardError> {
-    Err(ForwardError::Unsent {
-        request: Box::new(Request::new(super::empty())),
-        error: "no connection could be used".into(),
+/// One attempt's failure.
+enum Attempt {
+    Unsent(Box<Request<Body>>, BoxError),
+    Failed(hyper::Error),
+}
+
+/// What is needed to send a request again: only for bodiless requests
+/// with a safe method.
+struct Replay {
+    method: hyper::Method,
+    uri: Uri,
+    version: hyper::Version,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    fn rebuild(self) -> Request<Body> {
+        let mut request = Request::new(super::empty());
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.uri;
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers;
+        request
+    }
+}
+
+fn replayable(request: &Request<Body>) -> Option<Replay> {
+    let safe = matches!(
+        *request.method(),
+        hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS | hyper::Method::TRACE
+    );
+    (safe && request.body().is_end_stream()).then(|| Replay {
+        method: request.method().clone(),
+        uri: request.uri().clone(),
+        version: request.version(),
+        headers: request.headers().clone(),
     })
+}
+
+/// Whether the connection closed (or was reset) before any response.
+fn closed_before_response(error: &hyper::Error) -> bool {
+    if error.is_incomplete_message() || error.is_closed() || error.is_canceled() {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = s.source();
+    }
+    false
 }
 
 fn prepare(request: &mut Request<Body>) {
@@ -263,14 +329,35 @@ struct PooledBody {
 }
 
 impl PooledBody {
+    /// Returns the connection to the pool once it is ready for another
+    /// request (the request body may still be on its way).
     fn release(&mut self) {
-        if let Some(sender) = self.sender.take() {
-            let mut idle = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
-            let senders = idle.entry(self.address).or_default();
-            if senders.len() < MAX_IDLE_PER_ADDRESS {
-                senders.push(sender);
-            }
+        let Some(mut sender) = self.sender.take() else {
+            return;
+        };
+        if sender.is_closed() {
+            return;
         }
+        if sender.is_ready() {
+            push(&self.pool, self.address, sender);
+            return;
+        }
+        let (pool, address) = (Arc::clone(&self.pool), self.address);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Ok(Ok(())) = tokio::time::timeout(READY_TIMEOUT, sender.ready()).await {
+                    push(&pool, address, sender);
+                }
+            });
+        }
+    }
+}
+
+fn push(pool: &Pool, address: SocketAddr, sender: SendRequest<Body>) {
+    let mut idle = pool.lock().unwrap_or_else(PoisonError::into_inner);
+    let senders = idle.entry(address).or_default();
+    if senders.len() < MAX_IDLE_PER_ADDRESS {
+        senders.push((sender, Instant::now()));
     }
 }
 
