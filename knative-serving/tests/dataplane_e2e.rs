@@ -653,3 +653,26 @@ async fn oversized_and_slow_clients_are_cut_off_without_stalling_others() {
         p.stop().await;
     }
 }
+
+/// A revision that no route sends traffic to any more (its routing state
+/// becomes `reserve`) scales to zero after the stable window and grace
+/// period, like any idle revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_that_loses_its_traffic_scales_to_zero() {
+    let _serial = SERIAL.lock().await;
+    let p = Arc::new(Platform::start(fast_autoscaler(), ServerLimits::default()).await);
+    p.apply(&service(&[], "", "one", "")).await;
+    p.ready(1).await;
+    assert_eq!(p.get("/").await.map(|r| r.1), Ok("Hello one!\n".to_owned()));
+    p.apply(&service(&[], "", "two", "")).await;
+    p.ready(2).await;
+    assert_eq!(p.get("/").await.map(|r| r.1), Ok("Hello two!\n".to_owned()));
+    eventually("the old revision at zero", || {
+        let p = Arc::clone(&p);
+        async move { (p.replicas("hello-00001") == (0, 0, 0)).then_some(()) }
+    })
+    .await;
+    if let Ok(p) = Arc::try_unwrap(p) {
+        p.stop().await;
+    }
+}
