@@ -238,6 +238,7 @@ fn start_platform() -> PlatformHandles {
                 ..AutoscalerConfig::default()
             };
             let serving = Serving::new(objects.clone(), Arc::new(backend.clone()), config);
+            let autoscaler = serving.autoscaler();
             let dataplane = serving.dataplane(DataplaneConfig::default());
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
@@ -272,6 +273,22 @@ fn start_platform() -> PlatformHandles {
                 objects.services.create(&svc).await.expect("created");
                 wait_ready(&objects, name).await;
             }
+            // The rows are only what they say once the autoscaler has put
+            // `serve` in Serve mode and kept `proxied` behind the activator.
+            let flag = |name: &str| {
+                autoscaler
+                    .activator_flag(&knative_serving::backend::WorkloadKey::new(
+                        "default",
+                        format!("{name}-00001"),
+                    ))
+                    .load(std::sync::atomic::Ordering::SeqCst)
+            };
+            let start = Instant::now();
+            while flag("serve") && start.elapsed() < Duration::from_secs(30) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(!flag("serve"), "`serve` never left the activator path");
+            assert!(flag("proxied"), "`proxied` left the activator path");
             let _ = ready_tx.send(ingress);
             while let Some(ask) = asked.recv().await {
                 match ask {
@@ -472,6 +489,7 @@ fn main() {
             colds.push(d);
         }
     }
+    assert!(!colds.is_empty(), "no cold start completed");
     let cold = median(colds);
     println!();
     println!("| cold start | ms |");
