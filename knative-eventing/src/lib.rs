@@ -1,17 +1,26 @@
 //! # knative-eventing
 //!
-//! Knative Eventing as a library: CloudEvents routed through brokers and
-//! channels to filtered subscribers, with durable storage and delivery
-//! guarantees.
+//! Knative Eventing as a library: CloudEvents routed through brokers to
+//! filtered subscribers, with retries, dead letters and reply events
+//! (`specs/EVENTING.md` is the behaviour it implements).
 //!
-//! This crate is being built; today it holds only this description of what
-//! it will contain (`specs/EVENTING.md` is the behaviour it implements):
+//! | module | what it holds |
+//! |---|---|
+//! | [`api`] | `eventing.knative.dev/v1` Broker and Trigger, and the duck types `Destination`, `KReference`, `DeliverySpec` (§1, §5) |
+//! | [`binding`] | the CloudEvents HTTP binding: binary, structured and batch, with percent-encoded headers (§7, §10) |
+//! | [`cesql`] | CESQL v1: parser, type checker and evaluator (§3) |
+//! | [`filter`] | trigger filters: the legacy attribute map and every Subscriptions API dialect (§2) |
+//! | [`log`] | the `EventLog` between ingress and dispatch, and its in-memory implementation |
+//! | [`delivery`] | retries, backoff, `Retry-After`, replies and dead letters (§5) |
+//! | [`broker`] | the broker data path: ingress `POST /{namespace}/{broker}` and per-trigger dispatchers (§1.3–§1.5) |
 //!
-//! - `api`: Broker, Trigger, Channel, Subscription, Sequence, Parallel and the
-//!   sources (`eventing`, `messaging`, `flows`, `sources.knative.dev/v1`).
-//! - `binding`: the CloudEvents HTTP binding (binary, structured, batch) over
-//!   `cloudevents-sdk`, with the percent-encoding it lacks (§7, §10).
-//! - `filter` and `cesql`: every trigger filter dialect and CESQL v1 (§2–§3).
-//! - `delivery`: retries with backoff, timeouts and dead letters (§5).
-//! - `log`: the `EventLog` trait with durable embedded and NATS JetStream
-//!   implementations.
+//! Still to come: channels, subscriptions, flows, sources and durable logs
+//! (on disk and NATS JetStream).
+
+pub mod api;
+pub mod binding;
+pub mod broker;
+pub mod cesql;
+pub mod delivery;
+pub mod filter;
+pub mod log;

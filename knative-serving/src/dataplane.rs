@@ -11,7 +11,7 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`ingress`] | [`Dataplane`](ingress::Dataplane): Host and tag routing over the [`RoutingTable`](crate::traffic::RoutingTable), the weighted pick, per-revision state |
+//! | [`ingress`] | [`Dataplane`]: Host and tag routing over the [`RoutingTable`](crate::traffic::RoutingTable), the weighted pick, per-revision state |
 //! | [`activator`] | the per-revision throttler: revision breaker, pod trackers, buffering at zero |
 //! | [`lb`] | the activator's load-balancing policies by `containerConcurrency` |
 //! | [`queue_proxy`] | the per-replica proxy: breaker, stats, timeouts, probes, drain; in-process or standalone |

@@ -1,0 +1,704 @@
+//! The broker data path (`specs/EVENTING.md §1.3–§1.5`): the ingress that
+//! takes events for `/{namespace}/{broker}` into the broker's
+//! [`EventLog`], and one dispatcher per trigger that reads the log,
+//! filters, and delivers.
+//!
+//! **Ingress** (`POST /{namespace}/{broker}`), in upstream's order:
+//! `OPTIONS` → 200 with `WebHook-Allowed-Origin: *` and
+//! `WebHook-Allowed-Rate: *`; any other method but `POST` → 405 (every
+//! response carries `Allow: POST, OPTIONS`); path `/` → 404; a path that
+//! is not `/{namespace}/{broker}` → 400; a body and headers that are not a
+//! valid CloudEvent → 400 with a body naming the problem (413 when too
+//! large; batches are refused as upstream does unless the limits allow
+//! them);
+//! unknown broker → 404; then `knativearrivaltime` is set and the TTL
+//! defaulted (`knativebrokerttl`: absent or not an integer → 255, else
+//! minus one); TTL ≤ 0 → 400 (the event is dropped: a reply loop ends
+//! here); the append → **202 only once the log has the event**, 500 if it
+//! failed.
+//!
+//! **Dispatch**: each trigger reads the log from its own cursor, keeps up
+//! to [`DispatchConfig::max_in_flight`] deliveries going, evaluates its
+//! [`Filter`] (a `Fail` is done at once), removes `knativebrokerttl`,
+//! delivers with the trigger's delivery options (else the broker's),
+//! sends reply events back into the broker with the same TTL (so each
+//! pass through a trigger costs one), and dead-letters what could not be
+//! delivered. It commits its cursor up to the first event not yet done,
+//! so a restart with a durable log re-delivers only unfinished events.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cloudevents::event::ExtensionValue;
+use cloudevents::{AttributesReader, Event};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode, header};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::api::{DeliverySpec, RetryPolicy};
+use crate::binding;
+use crate::delivery::{self, Outcome, Sender, Target};
+use crate::filter::Filter;
+use crate::log::{EventLog, LogError, Offset, Record};
+
+/// The TTL extension.
+pub const TTL: &str = "knativebrokerttl";
+/// The arrival-time extension the ingress sets.
+pub const ARRIVAL_TIME: &str = "knativearrivaltime";
+/// The TTL given to events that arrive without one (upstream's `MAX_TTL`).
+pub const DEFAULT_MAX_TTL: i32 = 255;
+
+/// How the ingress behaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngressConfig {
+    /// The TTL of events that arrive without one.
+    pub max_ttl: i32,
+    /// Body and format limits; `limits.allow_batch` accepts
+    /// `application/cloudevents-batch+json` requests (upstream answers
+    /// them 400, so it is off by default).
+    pub limits: binding::Limits,
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        IngressConfig {
+            max_ttl: DEFAULT_MAX_TTL,
+            limits: binding::Limits {
+                allow_batch: false,
+                ..binding::Limits::default()
+            },
+        }
+    }
+}
+
+/// How dispatchers behave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DispatchConfig {
+    /// Deliveries in flight per trigger.
+    pub max_in_flight: usize,
+    /// Backoff indexing (see [`delivery::Backoff::one_based`]).
+    pub one_based_backoff: bool,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            max_in_flight: 256,
+            one_based_backoff: false,
+        }
+    }
+}
+
+/// What a trigger's dispatcher needs.
+#[derive(Clone, Debug)]
+pub struct TriggerRoute {
+    /// The trigger's compiled filters.
+    pub filter: Filter,
+    /// The subscriber's resolved URL.
+    pub subscriber: String,
+    /// The trigger's delivery options (`None`: the broker's).
+    pub delivery: Option<DeliverySpec>,
+    /// The resolved dead-letter sink URL (the trigger's, else the broker's).
+    pub dead_letter_sink: Option<String>,
+}
+
+/// Why the ingress refused events.
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    /// No such broker.
+    #[error("broker {namespace}/{name} not found")]
+    NotFound {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// The event's TTL ran out (a loop, or too many hops).
+    #[error(
+        "event {id}: knativebrokerttl is {ttl}: the event went through too many triggers and is dropped"
+    )]
+    TtlExpired {
+        /// The event's id.
+        id: String,
+        /// Its TTL after defaulting.
+        ttl: i64,
+    },
+    /// The log refused the events.
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+/// The key of a broker: `namespace/name`, also its log's name.
+fn broker_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+struct BrokerState {
+    delivery: Option<DeliverySpec>,
+    dead_letter_sink: Option<String>,
+    triggers: HashMap<String, TriggerState>,
+}
+
+struct TriggerState {
+    route: watch::Sender<Arc<TriggerRoute>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for TriggerState {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Inner {
+    log: Arc<dyn EventLog>,
+    sender: Sender,
+    ingress: IngressConfig,
+    dispatch: DispatchConfig,
+    brokers: Mutex<HashMap<String, BrokerState>>,
+}
+
+/// The brokers' data plane: ingress and dispatchers. Cheap to clone.
+#[derive(Clone)]
+pub struct Brokers {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Brokers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Brokers").finish_non_exhaustive()
+    }
+}
+
+impl Brokers {
+    /// A data plane storing events in `log` and delivering with `sender`.
+    pub fn new(log: Arc<dyn EventLog>, ingress: IngressConfig, dispatch: DispatchConfig) -> Self {
+        Brokers {
+            inner: Arc::new(Inner {
+                log,
+                sender: Sender::new(),
+                ingress,
+                dispatch,
+                brokers: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Creates (or updates) broker `namespace/name` with its delivery
+    /// options and resolved dead-letter sink.
+    pub async fn upsert_broker(
+        &self,
+        namespace: &str,
+        name: &str,
+        delivery: Option<DeliverySpec>,
+        dead_letter_sink: Option<String>,
+    ) -> Result<(), LogError> {
+        let key = broker_key(namespace, name);
+        self.inner.log.create(&key).await?;
+        let mut brokers = self
+            .inner
+            .brokers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let broker = brokers.entry(key).or_insert_with(|| BrokerState {
+            delivery: None,
+            dead_letter_sink: None,
+            triggers: HashMap::new(),
+        });
+        broker.delivery = delivery;
+        broker.dead_letter_sink = dead_letter_sink;
+        Ok(())
+    }
+
+    /// Removes a broker, its triggers' dispatchers and its log.
+    pub async fn remove_broker(&self, namespace: &str, name: &str) -> Result<(), LogError> {
+        let key = broker_key(namespace, name);
+        let removed = self
+            .inner
+            .brokers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&key);
+        drop(removed);
+        self.inner.log.delete(&key).await
+    }
+
+    /// Whether broker `namespace/name` exists.
+    pub fn has_broker(&self, namespace: &str, name: &str) -> bool {
+        self.inner
+            .brokers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&broker_key(namespace, name))
+    }
+
+    /// Starts (or re-programs) the dispatcher of trigger `trigger` on
+    /// broker `namespace/broker`. A trigger keeps its cursor across
+    /// updates.
+    pub async fn upsert_trigger(
+        &self,
+        namespace: &str,
+        broker: &str,
+        trigger: &str,
+        route: TriggerRoute,
+    ) -> Result<(), IngressError> {
+        let key = broker_key(namespace, broker);
+        let consumer = format!("trigger/{trigger}");
+        // Register the cursor now: events accepted after this call reach it.
+        self.inner.log.committed(&key, &consumer).await?;
+        let mut brokers = self
+            .inner
+            .brokers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(state) = brokers.get_mut(&key) else {
+            return Err(IngressError::NotFound {
+                namespace: namespace.to_owned(),
+                name: broker.to_owned(),
+            });
+        };
+        let route = Arc::new(route);
+        if let Some(existing) = state.triggers.get(trigger)
+            && !existing.task.is_finished()
+        {
+            existing.route.send_replace(route);
+            return Ok(());
+        }
+        let (tx, rx) = watch::channel(route);
+        let task = tokio::spawn(
+            dispatch(Arc::downgrade(&self.inner), key.clone(), consumer, rx)
+                .instrument(info_span!("dispatcher", broker = %key, trigger)),
+        );
+        state
+            .triggers
+            .insert(trigger.to_owned(), TriggerState { route: tx, task });
+        Ok(())
+    }
+
+    /// Stops a trigger's dispatcher and forgets its cursor.
+    pub async fn remove_trigger(
+        &self,
+        namespace: &str,
+        broker: &str,
+        trigger: &str,
+    ) -> Result<(), LogError> {
+        let key = broker_key(namespace, broker);
+        let removed = self
+            .inner
+            .brokers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(&key)
+            .and_then(|b| b.triggers.remove(trigger));
+        drop(removed);
+        self.inner
+            .log
+            .remove_consumer(&key, &format!("trigger/{trigger}"))
+            .await
+    }
+
+    /// Takes events into broker `namespace/name`: arrival time, TTL, then
+    /// the append. Returns once the log has them.
+    pub async fn ingest(
+        &self,
+        namespace: &str,
+        name: &str,
+        events: Vec<Event>,
+    ) -> Result<(), IngressError> {
+        self.inner.ingest(namespace, name, events).await
+    }
+
+    /// Serves the ingress on `listener` until `shutdown`, then lets the
+    /// requests in flight finish.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut connections = tokio::task::JoinSet::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let this = self.clone();
+                    let mut stop = stop_rx.clone();
+                    connections.spawn(async move {
+                        let service = hyper::service::service_fn(move |request| {
+                            let this = this.clone();
+                            async move { Ok::<_, std::convert::Infallible>(this.handle(request).await) }
+                        });
+                        let connection = hyper::server::conn::http1::Builder::new()
+                            .header_read_timeout(Duration::from_secs(10))
+                            .timer(hyper_util::rt::TokioTimer::new())
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                        let mut connection = std::pin::pin!(connection);
+                        tokio::select! {
+                            _ = connection.as_mut() => {}
+                            () = async { let _ = stop.wait_for(|s| *s).await; } => {
+                                connection.as_mut().graceful_shutdown();
+                                let _ = connection.await;
+                            }
+                        }
+                    });
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        drop(listener);
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(Duration::from_secs(30), async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            connections.shutdown().await;
+        }
+        Ok(())
+    }
+
+    /// Answers one ingress request.
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let (parts, body) = request.into_parts();
+        let span = info_span!("ingress", method = %parts.method, path = %parts.uri.path());
+        self.handle_parts(parts, body).instrument(span).await
+    }
+
+    async fn handle_parts(
+        &self,
+        parts: hyper::http::request::Parts,
+        body: Incoming,
+    ) -> Response<Full<Bytes>> {
+        if parts.method == Method::OPTIONS {
+            let mut response = reply(StatusCode::OK, "");
+            let h = response.headers_mut();
+            h.insert(
+                "webhook-allowed-origin",
+                header::HeaderValue::from_static("*"),
+            );
+            h.insert(
+                "webhook-allowed-rate",
+                header::HeaderValue::from_static("*"),
+            );
+            return response;
+        }
+        if parts.method != Method::POST {
+            return reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!(
+                    "method {} is not allowed: POST events to /{{namespace}}/{{broker}}",
+                    parts.method
+                ),
+            );
+        }
+        let path = parts.uri.path();
+        if path == "/" {
+            return reply(
+                StatusCode::NOT_FOUND,
+                "POST events to /{namespace}/{broker}",
+            );
+        }
+        let segments: Vec<&str> = path
+            .trim_end_matches('/')
+            .trim_start_matches('/')
+            .split('/')
+            .collect();
+        let [namespace, name] = segments.as_slice() else {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                format!("path {path:?} is not /{{namespace}}/{{broker}}"),
+            );
+        };
+        if namespace.is_empty() || name.is_empty() {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                format!("path {path:?} is not /{{namespace}}/{{broker}}"),
+            );
+        }
+        let limits = &self.inner.ingress.limits;
+        let body = match Limited::new(body, limits.max_body_bytes).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                let too_large = e
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some();
+                return if too_large {
+                    reply(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("body: larger than {} bytes", limits.max_body_bytes),
+                    )
+                } else {
+                    reply(StatusCode::BAD_REQUEST, format!("body: {e}"))
+                };
+            }
+        };
+        let events = match binding::read_request(&parts.headers, &body, limits) {
+            Ok((_, events)) => events,
+            Err(e) => return reply(e.status_code(), e.to_string()),
+        };
+        match self.inner.ingest(namespace, name, events).await {
+            Ok(()) => reply(StatusCode::ACCEPTED, ""),
+            Err(e @ IngressError::NotFound { .. }) => reply(StatusCode::NOT_FOUND, e.to_string()),
+            Err(e @ IngressError::TtlExpired { .. }) => {
+                reply(StatusCode::BAD_REQUEST, e.to_string())
+            }
+            Err(e @ IngressError::Log(LogError::NotFound(_))) => {
+                reply(StatusCode::NOT_FOUND, e.to_string())
+            }
+            Err(e) => {
+                warn!(error = %e, "append failed");
+                reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
+        }
+    }
+}
+
+fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let body: Bytes = body.into();
+    let mut response = Response::new(Full::new(if body.is_empty() {
+        body
+    } else {
+        let mut b = body.to_vec();
+        b.push(b'\n');
+        Bytes::from(b)
+    }));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(
+        header::ALLOW,
+        header::HeaderValue::from_static("POST, OPTIONS"),
+    );
+    if status != StatusCode::ACCEPTED && status != StatusCode::OK {
+        h.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+    }
+    response
+}
+
+/// The TTL of an event as the ingress defaults it: absent or not an
+/// integer → `max_ttl`, else minus one (floor 0).
+pub fn defaulted_ttl(event: &Event, max_ttl: i32) -> i64 {
+    let current = match event.extension(TTL) {
+        Some(ExtensionValue::Integer(i)) => Some(*i),
+        Some(ExtensionValue::String(s)) => s.trim().parse::<i64>().ok(),
+        _ => None,
+    };
+    match current {
+        None => i64::from(max_ttl),
+        Some(ttl) => (ttl - 1).max(0),
+    }
+}
+
+impl Inner {
+    async fn ingest(
+        &self,
+        namespace: &str,
+        name: &str,
+        mut events: Vec<Event>,
+    ) -> Result<(), IngressError> {
+        let key = broker_key(namespace, name);
+        if !self
+            .brokers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&key)
+        {
+            return Err(IngressError::NotFound {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            });
+        }
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        for event in &mut events {
+            let ttl = defaulted_ttl(event, self.ingress.max_ttl);
+            if ttl <= 0 {
+                return Err(IngressError::TtlExpired {
+                    id: event.id().to_owned(),
+                    ttl,
+                });
+            }
+            event.set_extension(TTL, ttl);
+            event.set_extension(ARRIVAL_TIME, now.clone());
+        }
+        self.log.append(&key, events).await?;
+        Ok(())
+    }
+
+    fn broker_delivery(&self, key: &str) -> (Option<DeliverySpec>, Option<String>) {
+        self.brokers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .map(|b| (b.delivery.clone(), b.dead_letter_sink.clone()))
+            .unwrap_or_default()
+    }
+}
+
+/// A trigger's dispatcher: read, filter, deliver, commit.
+async fn dispatch(
+    inner: std::sync::Weak<Inner>,
+    log_name: String,
+    consumer: String,
+    mut route: watch::Receiver<Arc<TriggerRoute>>,
+) {
+    let Some(strong) = inner.upgrade() else {
+        return;
+    };
+    let log = Arc::clone(&strong.log);
+    let max_in_flight = strong.dispatch.max_in_flight.max(1);
+    drop(strong);
+    let Ok(mut end) = log.end(&log_name) else {
+        return;
+    };
+    let Ok(mut cursor) = log.committed(&log_name, &consumer).await else {
+        return;
+    };
+    let mut committed = cursor;
+    let mut done: BTreeSet<Offset> = BTreeSet::new();
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        // Fill the window.
+        while in_flight.len() < max_in_flight {
+            let records = match log
+                .read(&log_name, cursor, max_in_flight - in_flight.len())
+                .await
+            {
+                Ok(r) => r,
+                Err(LogError::Discarded { oldest, .. }) => {
+                    warn!(
+                        from = cursor,
+                        oldest, "events were discarded before this trigger read them"
+                    );
+                    cursor = oldest;
+                    committed = committed.max(oldest);
+                    continue;
+                }
+                Err(e) => {
+                    debug!(error = %e, "reading the log failed; stopping");
+                    return;
+                }
+            };
+            if records.is_empty() {
+                break;
+            }
+            let current = Arc::clone(&route.borrow_and_update());
+            for record in records {
+                cursor = record.offset + 1;
+                in_flight.push(process(
+                    inner.clone(),
+                    log_name.clone(),
+                    Arc::clone(&current),
+                    record,
+                ));
+            }
+        }
+        tokio::select! {
+            Some(offset) = in_flight.next() => {
+                done.insert(offset);
+                while done.remove(&committed) {
+                    committed += 1;
+                }
+                // Commit in batches, and whenever the window drains.
+                if (in_flight.is_empty() || committed % 64 == 0)
+                    && let Err(e) = log.commit(&log_name, &consumer, committed).await
+                {
+                    debug!(error = %e, "commit failed; stopping");
+                    return;
+                }
+            }
+            changed = end.changed(), if in_flight.len() < max_in_flight => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            changed = route.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One event through one trigger; returns its offset when done.
+async fn process(
+    inner: std::sync::Weak<Inner>,
+    log_name: String,
+    route: Arc<TriggerRoute>,
+    record: Record,
+) -> Offset {
+    let offset = record.offset;
+    let event = &record.event;
+    if !route.filter.evaluate(event).delivers() {
+        return offset;
+    }
+    let Some(inner) = inner.upgrade() else {
+        return offset;
+    };
+    let ttl = event.extension(TTL).cloned();
+    let mut outgoing = (**event).clone();
+    outgoing.remove_extension(TTL);
+    let (broker_delivery, broker_dls) = inner.broker_delivery(&log_name);
+    let delivery = route.delivery.clone().or(broker_delivery);
+    let policy: RetryPolicy = delivery
+        .as_ref()
+        .map(DeliverySpec::policy)
+        .unwrap_or_default();
+    let target = Target {
+        url: route.subscriber.clone(),
+        retry: policy,
+        format: delivery.as_ref().and_then(|d| d.format),
+        one_based_backoff: inner.dispatch.one_based_backoff,
+    };
+    let outcome = inner.sender.deliver(&outgoing, &target).await;
+    let failure = match outcome {
+        Outcome::Delivered {
+            reply: Some(mut reply),
+            ..
+        } => {
+            // Same TTL as the event that caused it: the ingress takes one off.
+            if let Some(ttl) = ttl {
+                reply.set_extension(TTL, ttl);
+            }
+            let (namespace, name) = log_name.split_once('/').unwrap_or((&log_name, ""));
+            match inner.ingest(namespace, name, vec![*reply]).await {
+                Ok(()) | Err(IngressError::TtlExpired { .. }) => None,
+                Err(e) => Some((Some(500), Bytes::from(e.to_string()))),
+            }
+        }
+        Outcome::Delivered { reply: None, .. } => None,
+        Outcome::BadReply { error, .. } => Some((Some(502), Bytes::from(error))),
+        Outcome::Failed { status, body, .. } => Some((status, body)),
+    };
+    if let Some((status, body)) = failure {
+        let dls = route.dead_letter_sink.clone().or(broker_dls);
+        match dls {
+            Some(url) => {
+                let dead = delivery::dead_letter_event(&outgoing, &route.subscriber, status, &body);
+                let target = Target { url, ..target };
+                if let Outcome::Failed { error, .. } = inner.sender.deliver(&dead, &target).await {
+                    warn!(id = %event.id(), %error, "the dead-letter sink failed too; the event is dropped");
+                }
+            }
+            None => {
+                warn!(id = %event.id(), ?status, "delivery failed and there is no dead-letter sink; the event is dropped");
+            }
+        }
+    }
+    offset
+}

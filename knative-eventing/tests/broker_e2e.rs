@@ -1,0 +1,617 @@
+//! The broker data path over real HTTP on 127.0.0.1: the ingress, the
+//! in-memory log, per-trigger dispatchers and subscriber servers
+//! (`specs/EVENTING.md §1.3–§1.5`, `§2`, `§5`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use knative_eventing::api::{DeliverySpec, TriggerSpec};
+use knative_eventing::binding;
+use knative_eventing::broker::{Brokers, DispatchConfig, IngressConfig, TriggerRoute};
+use knative_eventing::filter::Filter;
+use knative_eventing::log::InMemoryLog;
+use serde_json::json;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// What a test subscriber does with request number n (from 0).
+type Behaviour = Arc<dyn Fn(usize, &Event) -> (u16, Option<Event>) + Send + Sync>;
+
+/// A subscriber that records the events it gets.
+struct Subscriber {
+    url: String,
+    received: Arc<Mutex<Vec<Event>>>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Subscriber {
+    async fn start(behaviour: Behaviour) -> Subscriber {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let address = listener.local_addr().expect("address");
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (r, c) = (Arc::clone(&received), Arc::clone(&calls));
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (r, c, behaviour) = (Arc::clone(&r), Arc::clone(&c), Arc::clone(&behaviour));
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: Request<hyper::body::Incoming>| {
+                            let (r, c, behaviour) =
+                                (Arc::clone(&r), Arc::clone(&c), Arc::clone(&behaviour));
+                            async move {
+                                let (parts, body) = request.into_parts();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                let n = c.fetch_add(1, Ordering::SeqCst);
+                                let response = match binding::read_request(
+                                    &parts.headers,
+                                    &body,
+                                    &binding::Limits::default(),
+                                ) {
+                                    Ok((_, events)) => {
+                                        let event = events.into_iter().next().expect("one event");
+                                        let (status, reply) = behaviour(n, &event);
+                                        r.lock().expect("lock").push(event);
+                                        let mut response = match reply {
+                                            Some(reply) => {
+                                                let (headers, body) =
+                                                    binding::write_binary(&reply).expect("encodes");
+                                                let mut response = Response::new(Full::new(body));
+                                                *response.headers_mut() = headers;
+                                                response
+                                            }
+                                            None => Response::new(Full::new(Bytes::from_static(
+                                                b"subscriber says no",
+                                            ))),
+                                        };
+                                        *response.status_mut() =
+                                            StatusCode::from_u16(status).expect("status");
+                                        response
+                                    }
+                                    Err(e) => {
+                                        let mut response =
+                                            Response::new(Full::new(Bytes::from(e.to_string())));
+                                        *response.status_mut() = StatusCode::BAD_REQUEST;
+                                        response
+                                    }
+                                };
+                                Ok::<_, std::convert::Infallible>(response)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Subscriber {
+            url: format!("http://{address}/"),
+            received,
+            calls,
+        }
+    }
+
+    fn accepting() -> Behaviour {
+        Arc::new(|_, _| (202, None))
+    }
+
+    fn events(&self) -> Vec<Event> {
+        self.received.lock().expect("lock").clone()
+    }
+
+    fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.events().iter().map(|e| e.id().to_owned()).collect();
+        ids.sort();
+        ids
+    }
+}
+
+struct Mesh {
+    brokers: Brokers,
+    ingress: SocketAddr,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Mesh {
+    async fn start(ingress: IngressConfig) -> Mesh {
+        let brokers = Brokers::new(
+            Arc::new(InMemoryLog::new()),
+            ingress,
+            DispatchConfig::default(),
+        );
+        brokers
+            .upsert_broker("default", "default", None, None)
+            .await
+            .expect("broker");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let address = listener.local_addr().expect("address");
+        let serving = brokers.clone();
+        tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
+        Mesh {
+            brokers,
+            ingress: address,
+            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+        }
+    }
+
+    async fn trigger(
+        &self,
+        name: &str,
+        filters: serde_json::Value,
+        subscriber: &Subscriber,
+        delivery: Option<serde_json::Value>,
+    ) {
+        let spec: TriggerSpec = serde_json::from_value(json!({
+            "broker": "default",
+            "subscriber": {"uri": subscriber.url},
+            "filters": filters,
+        }))
+        .expect("trigger spec");
+        let delivery: Option<DeliverySpec> =
+            delivery.map(|d| serde_json::from_value(d).expect("delivery spec"));
+        let dead_letter_sink = delivery
+            .as_ref()
+            .and_then(|d| d.dead_letter_sink.as_ref())
+            .and_then(|d| d.uri.clone());
+        self.brokers
+            .upsert_trigger(
+                "default",
+                "default",
+                name,
+                TriggerRoute {
+                    filter: Filter::for_trigger(&spec).expect("filter"),
+                    subscriber: subscriber.url.clone(),
+                    delivery,
+                    dead_letter_sink,
+                },
+            )
+            .await
+            .expect("trigger");
+    }
+
+    async fn post(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> (StatusCode, String) {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.ingress));
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = self
+            .client
+            .request(request.body(Full::new(body.into())).expect("request"))
+            .await
+            .expect("answered");
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    async fn send(&self, event: &Event) -> StatusCode {
+        let (headers, body) = binding::write_binary(event).expect("encodes");
+        let pairs: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().expect("ascii").to_owned()))
+            .collect();
+        let pairs: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.post("POST", "/default/default", &pairs, body).await.0
+    }
+}
+
+fn event(id: &str, ty: &str, source: &str) -> Event {
+    EventBuilderV10::new()
+        .id(id)
+        .ty(ty)
+        .source(source)
+        .data("application/json", json!({"n": id}))
+        .build()
+        .expect("event")
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingress_answers_every_status_code_path() {
+    let mesh = Mesh::start(IngressConfig::default()).await;
+    let sub = Subscriber::start(Subscriber::accepting()).await;
+    mesh.trigger("all", json!([]), &sub, None).await;
+    let good = [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "1"),
+        ("ce-type", "t"),
+        ("ce-source", "/s"),
+    ];
+    let (status, _) = mesh.post("OPTIONS", "/default/default", &[], "").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = mesh.post("GET", "/default/default", &[], "").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    let (status, _) = mesh.post("PUT", "/default/default", &good, "").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    let (status, _) = mesh.post("POST", "/", &good, "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    for path in ["/default", "/a/b/c"] {
+        let (status, body) = mesh.post("POST", path, &good, "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+    }
+    let (status, body) = mesh.post("POST", "/default/nobroker", &good, "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body.contains("default/nobroker"), "{body}");
+    let (status, body) = mesh
+        .post(
+            "POST",
+            "/default/default",
+            &[("ce-specversion", "1.0"), ("ce-id", "1")],
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body.contains("ce-type") || body.contains("ce-source"),
+        "{body}"
+    );
+    // A TTL of 1 becomes 0 at the ingress: dropped.
+    let mut ttl = good.to_vec();
+    ttl.push(("ce-knativebrokerttl", "1"));
+    let (status, body) = mesh.post("POST", "/default/default", &ttl, "").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("knativebrokerttl"), "{body}");
+    // Too large.
+    let big = vec![b'x'; binding::DEFAULT_MAX_BODY_BYTES + 1];
+    let mut large = good.to_vec();
+    large.push(("content-type", "application/octet-stream"));
+    let (status, _) = mesh.post("POST", "/default/default", &large, big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Batches are refused as upstream does.
+    let (status, body) = mesh
+        .post(
+            "POST",
+            "/default/default",
+            &[("content-type", "application/cloudevents-batch+json")],
+            r#"[{"specversion":"1.0","id":"b","type":"t","source":"/s"}]"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    // Finally a good one: 202, and it arrives with the arrival time and without the TTL.
+    let (status, body) = mesh.post("POST", "/default/default", &good, "").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    eventually("delivery", || sub.events().len() == 1).await;
+    let delivered = &sub.events()[0];
+    assert!(delivered.extension("knativearrivaltime").is_some());
+    assert!(delivered.extension("knativebrokerttl").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_events_get_a_400_naming_the_problem_and_reach_no_subscriber() {
+    let mesh = Mesh::start(IngressConfig::default()).await;
+    let sub = Subscriber::start(Subscriber::accepting()).await;
+    mesh.trigger("all", json!([]), &sub, None).await;
+    let structured = ("content-type", "application/cloudevents+json");
+    let ce = |extra: &[(&'static str, &'static str)]| -> Vec<(&'static str, &'static str)> {
+        let mut h = vec![
+            ("ce-specversion", "1.0"),
+            ("ce-id", "1"),
+            ("ce-type", "t"),
+            ("ce-source", "/s"),
+        ];
+        for (k, v) in extra {
+            h.retain(|(n, _)| n != k);
+            h.push((k, v));
+        }
+        h
+    };
+    // (what, headers, body, what the error message must name)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
+        ("bad JSON", vec![structured], "{\"specversion\": ", "JSON"),
+        (
+            "missing id",
+            vec![structured],
+            r#"{"specversion":"1.0","type":"t","source":"/s"}"#,
+            "id",
+        ),
+        (
+            "empty source",
+            vec![structured],
+            r#"{"specversion":"1.0","id":"1","type":"t","source":""}"#,
+            "source",
+        ),
+        (
+            "bad specversion",
+            vec![structured],
+            r#"{"specversion":"0.9","id":"1","type":"t","source":"/s"}"#,
+            "0.9",
+        ),
+        (
+            "specversion as number",
+            vec![structured],
+            r#"{"specversion":1.0,"id":"1","type":"t","source":"/s"}"#,
+            "specversion",
+        ),
+        (
+            "uppercase extension",
+            vec![structured],
+            r#"{"specversion":"1.0","id":"1","type":"t","source":"/s","myExt":"x"}"#,
+            "myExt",
+        ),
+        ("dash in extension", ce(&[("ce-my-ext", "x")]), "", "my-ext"),
+        (
+            "extension object",
+            vec![structured],
+            r#"{"specversion":"1.0","id":"1","type":"t","source":"/s","ext":{"a":1}}"#,
+            "ext",
+        ),
+        (
+            "integer out of range",
+            vec![structured],
+            r#"{"specversion":"1.0","id":"1","type":"t","source":"/s","big":3000000000}"#,
+            "big",
+        ),
+        (
+            "bad time",
+            vec![structured],
+            r#"{"specversion":"1.0","id":"1","type":"t","source":"/s","time":"yesterday"}"#,
+            "time",
+        ),
+        (
+            "data and data_base64",
+            vec![structured],
+            r#"{"specversion":"1.0","id":"1","type":"t","source":"/s","data":1,"data_base64":"AA=="}"#,
+            "data",
+        ),
+        (
+            "bad base64",
+            vec![structured],
+            r#"{"specversion":"1.0","id":"1","type":"t","source":"/s","data_base64":"!!"}"#,
+            "base64",
+        ),
+        ("not an object", vec![structured], "[1,2]", "object"),
+        (
+            "wrong content type",
+            vec![("content-type", "text/plain")],
+            "hello",
+            "not a CloudEvent",
+        ),
+        (
+            "no content type, no ce headers",
+            vec![],
+            "hello",
+            "not a CloudEvent",
+        ),
+        (
+            "bad percent-encoding",
+            ce(&[("ce-subject", "100%zz")]),
+            "",
+            "ce-subject",
+        ),
+        (
+            "truncated percent-encoding",
+            ce(&[("ce-subject", "abc%4")]),
+            "",
+            "ce-subject",
+        ),
+        (
+            "invalid UTF-8 after decoding",
+            ce(&[("ce-subject", "%C0%A0")]),
+            "",
+            "ce-subject",
+        ),
+        ("empty id header", ce(&[("ce-id", "")]), "", "ce-id"),
+        (
+            "missing specversion header",
+            vec![("ce-id", "1"), ("ce-type", "t"), ("ce-source", "/s")],
+            "",
+            "specversion",
+        ),
+        (
+            "binary specversion 0.3",
+            ce(&[("ce-specversion", "0.3")]),
+            "",
+            "0.3",
+        ),
+        (
+            "datacontenttype header in binary mode",
+            ce(&[("ce-datacontenttype", "text/plain")]),
+            "",
+            "datacontenttype",
+        ),
+        (
+            "JSON content type with a non-JSON body",
+            ce(&[("content-type", "application/json")]),
+            "{nope",
+            "JSON",
+        ),
+        (
+            "relative dataschema",
+            vec![structured],
+            r##"{"specversion":"1.0","id":"1","type":"t","source":"/s","dataschema":"#"}"##,
+            "dataschema",
+        ),
+        (
+            "batch with one bad event",
+            vec![("content-type", "application/cloudevents-batch+json")],
+            r#"[{"specversion":"1.0","id":"1","type":"t","source":"/s"},{"specversion":"1.0","type":"t","source":"/s"}]"#,
+            "batch",
+        ),
+    ];
+    assert!(cases.len() >= 20);
+    for (what, headers, body, names) in &cases {
+        let (status, text) = mesh
+            .post("POST", "/default/default", headers, body.to_string())
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {text}");
+        assert!(
+            text.contains(names),
+            "{what}: the body names {names:?}: {text}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(sub.events().is_empty(), "nothing reached the subscriber");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_fails_twice_gets_the_event_on_the_third_attempt() {
+    let mesh = Mesh::start(IngressConfig::default()).await;
+    let sub = Subscriber::start(Arc::new(|n, _| (if n < 2 { 503 } else { 200 }, None))).await;
+    mesh.trigger(
+        "flaky",
+        json!([]),
+        &sub,
+        Some(json!({"retry": 3, "backoffPolicy": "linear", "backoffDelay": "PT0.05S"})),
+    )
+    .await;
+    assert_eq!(
+        mesh.send(&event("e1", "t", "/s")).await,
+        StatusCode::ACCEPTED
+    );
+    eventually("three attempts", || sub.calls.load(Ordering::SeqCst) == 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        sub.calls.load(Ordering::SeqCst),
+        3,
+        "no attempt after the success"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_cannot_be_delivered_goes_to_the_dead_letter_sink_with_the_error() {
+    let mesh = Mesh::start(IngressConfig::default()).await;
+    let sub = Subscriber::start(Arc::new(|_, _| (500, None))).await;
+    let dls = Subscriber::start(Subscriber::accepting()).await;
+    mesh.trigger(
+        "broken",
+        json!([]),
+        &sub,
+        Some(json!({"retry": 2, "deadLetterSink": {"uri": dls.url}})),
+    )
+    .await;
+    assert_eq!(
+        mesh.send(&event("lost", "t", "/s")).await,
+        StatusCode::ACCEPTED
+    );
+    eventually("the dead letter", || dls.events().len() == 1).await;
+    assert_eq!(sub.calls.load(Ordering::SeqCst), 3, "1 attempt + 2 retries");
+    let dead = &dls.events()[0];
+    assert_eq!(dead.id(), "lost");
+    let ext = |name: &str| dead.extension(name).map(ToString::to_string);
+    assert_eq!(ext("knativeerrordest"), Some(sub.url.clone()));
+    assert_eq!(ext("knativeerrorcode"), Some("500".to_owned()));
+    use base64::Engine as _;
+    let data = ext("knativeerrordata").expect("error data");
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .expect("base64");
+    assert_eq!(decoded, b"subscriber says no");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_loop_stops_at_the_ttl() {
+    let mesh = Mesh::start(IngressConfig {
+        max_ttl: 5,
+        ..IngressConfig::default()
+    })
+    .await;
+    // The subscriber answers every event with another event of the same type.
+    let sub = Subscriber::start(Arc::new(|n, e: &Event| {
+        let reply = EventBuilderV10::new()
+            .id(format!("reply-{n}"))
+            .ty(e.ty())
+            .source("/loop")
+            .build()
+            .expect("reply");
+        (200, Some(reply))
+    }))
+    .await;
+    mesh.trigger("loop", json!([]), &sub, None).await;
+    assert_eq!(
+        mesh.send(&event("start", "loop", "/s")).await,
+        StatusCode::ACCEPTED
+    );
+    eventually("five deliveries", || sub.events().len() == 5).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sub.events().len(), 5, "the loop stopped at the TTL");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_triggers_each_get_exactly_their_events() {
+    let mesh = Mesh::start(IngressConfig::default()).await;
+    let orders = Subscriber::start(Subscriber::accepting()).await;
+    let eu = Subscriber::start(Subscriber::accepting()).await;
+    let not_test = Subscriber::start(Subscriber::accepting()).await;
+    mesh.trigger(
+        "orders",
+        json!([{"prefix": {"type": "com.example.order."}}]),
+        &orders,
+        None,
+    )
+    .await;
+    mesh.trigger("eu", json!([{"cesql": "source LIKE '/eu/%'"}]), &eu, None)
+        .await;
+    mesh.trigger(
+        "not-test",
+        json!([{"not": {"suffix": {"type": ".test"}}}]),
+        &not_test,
+        None,
+    )
+    .await;
+    let events = [
+        event("1", "com.example.order.created", "/eu/paris"),
+        event("2", "com.example.order.test", "/us/nyc"),
+        event("3", "com.example.user.created", "/eu/berlin"),
+        event("4", "com.example.user.test", "/asia/tokyo"),
+    ];
+    for e in &events {
+        assert_eq!(mesh.send(e).await, StatusCode::ACCEPTED);
+    }
+    let expected: BTreeMap<&str, Vec<&str>> = [
+        ("orders", vec!["1", "2"]),
+        ("eu", vec!["1", "3"]),
+        ("not-test", vec!["1", "3"]),
+    ]
+    .into();
+    eventually("every delivery", || {
+        orders.events().len() == 2 && eu.events().len() == 2 && not_test.events().len() == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(orders.ids(), expected["orders"]);
+    assert_eq!(eu.ids(), expected["eu"]);
+    assert_eq!(not_test.ids(), expected["not-test"]);
+}
