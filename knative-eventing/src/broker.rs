@@ -72,6 +72,8 @@ impl Default for IngressConfig {
             max_ttl: DEFAULT_MAX_TTL,
             limits: binding::Limits {
                 allow_batch: false,
+                // Go and Java SDKs send raw `%` in ce- headers; Knative takes them.
+                header_decoding: binding::HeaderDecoding::Lenient,
                 ..binding::Limits::default()
             },
         }
@@ -85,6 +87,9 @@ pub struct DispatchConfig {
     pub max_in_flight: usize,
     /// Backoff indexing (see [`delivery::Backoff::one_based`]).
     pub one_based_backoff: bool,
+    /// The per-attempt timeout when the delivery options set none (a
+    /// subscriber that never answers must not hold an event forever).
+    pub attempt_timeout: Option<Duration>,
 }
 
 impl Default for DispatchConfig {
@@ -92,6 +97,7 @@ impl Default for DispatchConfig {
         DispatchConfig {
             max_in_flight: 256,
             one_based_backoff: false,
+            attempt_timeout: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -297,7 +303,12 @@ impl Brokers {
             .unwrap_or_else(PoisonError::into_inner)
             .get_mut(&key)
             .and_then(|b| b.triggers.remove(trigger));
-        drop(removed);
+        if let Some(mut state) = removed {
+            // Wait for the dispatcher to be gone before forgetting its
+            // cursor, so that no last commit brings it back.
+            state.task.abort();
+            let _ = (&mut state.task).await;
+        }
         self.inner
             .log
             .remove_consumer(&key, &format!("trigger/{trigger}"))
@@ -411,9 +422,10 @@ impl Brokers {
                 "POST events to /{namespace}/{broker}",
             );
         }
-        let segments: Vec<&str> = path
-            .trim_end_matches('/')
-            .trim_start_matches('/')
+        let trimmed = path.strip_suffix('/').unwrap_or(path);
+        let segments: Vec<&str> = trimmed
+            .strip_prefix('/')
+            .unwrap_or(trimmed)
             .split('/')
             .collect();
         let [namespace, name] = segments.as_slice() else {
@@ -447,7 +459,15 @@ impl Brokers {
         };
         let events = match binding::read_request(&parts.headers, &body, limits) {
             Ok((_, events)) => events,
-            Err(e) => return reply(e.status_code(), e.to_string()),
+            // Too large is 413; anything else undecodable is 400 (§1.3).
+            Err(e) => {
+                let status = if e.kind() == binding::BindingErrorKind::TooLarge {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                return reply(status, e.to_string());
+            }
         };
         match self.inner.ingest(namespace, name, events).await {
             Ok(()) => reply(StatusCode::ACCEPTED, ""),
@@ -494,8 +514,8 @@ fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 /// integer → `max_ttl`, else minus one (floor 0).
 pub fn defaulted_ttl(event: &Event, max_ttl: i32) -> i64 {
     let current = match event.extension(TTL) {
-        Some(ExtensionValue::Integer(i)) => Some(*i),
-        Some(ExtensionValue::String(s)) => s.trim().parse::<i64>().ok(),
+        Some(ExtensionValue::Integer(i)) => i32::try_from(*i).ok().map(i64::from),
+        Some(ExtensionValue::String(s)) => s.trim().parse::<i32>().ok().map(i64::from),
         _ => None,
     };
     match current {
@@ -562,22 +582,34 @@ async fn dispatch(
     let log = Arc::clone(&strong.log);
     let max_in_flight = strong.dispatch.max_in_flight.max(1);
     drop(strong);
-    let Ok(mut end) = log.end(&log_name) else {
-        return;
-    };
-    let Ok(mut cursor) = log.committed(&log_name, &consumer).await else {
-        return;
+    // Events read but not yet committed are bounded too: one stuck
+    // delivery must not let the window run ahead without limit.
+    let max_ahead = (max_in_flight as u64).saturating_mul(4);
+    let mut retry = Duration::from_millis(50);
+    let (mut end, mut cursor) = loop {
+        match (
+            log.end(&log_name),
+            log.committed(&log_name, &consumer).await,
+        ) {
+            (Ok(end), Ok(cursor)) => break (end, cursor),
+            (Err(LogError::NotFound(_)), _) | (_, Err(LogError::NotFound(_))) => return,
+            (Err(e), _) | (_, Err(e)) => {
+                warn!(error = %e, ?retry, "cannot open the log; retrying");
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(Duration::from_secs(5));
+            }
+        }
     };
     let mut committed = cursor;
+    let mut last_commit = cursor;
     let mut done: BTreeSet<Offset> = BTreeSet::new();
     let mut in_flight = FuturesUnordered::new();
     loop {
         // Fill the window.
-        while in_flight.len() < max_in_flight {
-            let records = match log
-                .read(&log_name, cursor, max_in_flight - in_flight.len())
-                .await
-            {
+        while in_flight.len() < max_in_flight && cursor - committed < max_ahead {
+            let room = (max_in_flight - in_flight.len())
+                .min(usize::try_from(max_ahead - (cursor - committed)).unwrap_or(usize::MAX));
+            let records = match log.read(&log_name, cursor, room).await {
                 Ok(r) => r,
                 Err(LogError::Discarded { oldest, .. }) => {
                     warn!(
@@ -585,14 +617,21 @@ async fn dispatch(
                         oldest, "events were discarded before this trigger read them"
                     );
                     cursor = oldest;
-                    committed = committed.max(oldest);
+                    if committed < oldest {
+                        committed = oldest;
+                        done = done.split_off(&committed);
+                    }
                     continue;
                 }
+                Err(LogError::NotFound(_)) => return,
                 Err(e) => {
-                    debug!(error = %e, "reading the log failed; stopping");
-                    return;
+                    warn!(error = %e, ?retry, "reading the log failed; retrying");
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(Duration::from_secs(5));
+                    break;
                 }
             };
+            retry = Duration::from_millis(50);
             if records.is_empty() {
                 break;
             }
@@ -609,16 +648,21 @@ async fn dispatch(
         }
         tokio::select! {
             Some(offset) = in_flight.next() => {
-                done.insert(offset);
+                if offset >= committed {
+                    done.insert(offset);
+                }
                 while done.remove(&committed) {
                     committed += 1;
                 }
-                // Commit in batches, and whenever the window drains.
-                if (in_flight.is_empty() || committed % 64 == 0)
-                    && let Err(e) = log.commit(&log_name, &consumer, committed).await
+                // Commit in batches of 64, and whenever the window drains.
+                if committed > last_commit
+                    && (in_flight.is_empty() || committed >= last_commit + 64)
                 {
-                    debug!(error = %e, "commit failed; stopping");
-                    return;
+                    match log.commit(&log_name, &consumer, committed).await {
+                        Ok(()) => last_commit = committed,
+                        Err(LogError::NotFound(_)) => return,
+                        Err(e) => warn!(error = %e, "commit failed; will commit again later"),
+                    }
                 }
             }
             changed = end.changed(), if in_flight.len() < max_in_flight => {
@@ -644,15 +688,17 @@ async fn process(
 ) -> Offset {
     let offset = record.offset;
     let event = &record.event;
-    if !route.filter.evaluate(event).delivers() {
+    // The subscriber, and the filter, see the event without its TTL (as
+    // upstream's filter handler removes it first).
+    let ttl = event.extension(TTL).cloned();
+    let mut outgoing = (**event).clone();
+    outgoing.remove_extension(TTL);
+    if !route.filter.evaluate(&outgoing).delivers() {
         return offset;
     }
     let Some(inner) = inner.upgrade() else {
         return offset;
     };
-    let ttl = event.extension(TTL).cloned();
-    let mut outgoing = (**event).clone();
-    outgoing.remove_extension(TTL);
     let (broker_delivery, broker_dls) = inner.broker_delivery(&log_name);
     let delivery = route.delivery.clone().or(broker_delivery);
     let policy: RetryPolicy = delivery
@@ -661,11 +707,17 @@ async fn process(
         .unwrap_or_default();
     let target = Target {
         url: route.subscriber.clone(),
-        retry: policy,
+        retry: RetryPolicy {
+            timeout: policy.timeout.or(inner.dispatch.attempt_timeout),
+            ..policy
+        },
         format: delivery.as_ref().and_then(|d| d.format),
         one_based_backoff: inner.dispatch.one_based_backoff,
     };
     let outcome = inner.sender.deliver(&outgoing, &target).await;
+    let (namespace, name) = log_name.split_once('/').unwrap_or((&log_name, ""));
+    let broker_url = format!("broker:/{namespace}/{name}");
+    // (failed destination, status, body)
     let failure = match outcome {
         Outcome::Delivered {
             reply: Some(mut reply),
@@ -675,28 +727,30 @@ async fn process(
             if let Some(ttl) = ttl {
                 reply.set_extension(TTL, ttl);
             }
-            let (namespace, name) = log_name.split_once('/').unwrap_or((&log_name, ""));
             match inner.ingest(namespace, name, vec![*reply]).await {
-                Ok(()) | Err(IngressError::TtlExpired { .. }) => None,
-                Err(e) => Some((Some(500), Bytes::from(e.to_string()))),
+                Ok(()) => None,
+                Err(e @ IngressError::TtlExpired { .. }) => {
+                    debug!(error = %e, "reply dropped at the TTL");
+                    Some((broker_url, Some(400), Bytes::from(e.to_string())))
+                }
+                Err(e) => Some((broker_url, Some(500), Bytes::from(e.to_string()))),
             }
         }
         Outcome::Delivered { reply: None, .. } => None,
-        Outcome::BadReply { error, .. } => Some((Some(502), Bytes::from(error))),
-        Outcome::Failed { status, body, .. } => Some((status, body)),
+        Outcome::Failed { status, body, .. } => Some((route.subscriber.clone(), status, body)),
     };
-    if let Some((status, body)) = failure {
+    if let Some((destination, status, body)) = failure {
         let dls = route.dead_letter_sink.clone().or(broker_dls);
         match dls {
             Some(url) => {
-                let dead = delivery::dead_letter_event(&outgoing, &route.subscriber, status, &body);
+                let dead = delivery::dead_letter_event(&outgoing, &destination, status, &body);
                 let target = Target { url, ..target };
                 if let Outcome::Failed { error, .. } = inner.sender.deliver(&dead, &target).await {
                     warn!(id = %event.id(), %error, "the dead-letter sink failed too; the event is dropped");
                 }
             }
             None => {
-                warn!(id = %event.id(), ?status, "delivery failed and there is no dead-letter sink; the event is dropped");
+                warn!(id = %event.id(), ?status, %destination, "delivery failed and there is no dead-letter sink; the event is dropped");
             }
         }
     }

@@ -16,8 +16,9 @@
 //!   `retryAfterMax`, is waited if longer than the backoff.
 //! - **Replies**: the request carries `Prefer: reply`; a 2xx response
 //!   holding an event (binary or structured) is a reply, except for 202;
-//!   a non-event body, or a malformed event, is a bad reply (the filter
-//!   answers 502 upstream).
+//!   a non-event body, or a malformed event, is a bad reply: an attempt
+//!   failed with 502 (upstream's filter answers 502 and its channel
+//!   dispatcher retries), retried and dead-lettered like any failure.
 //! - **Dead letters**: after the last failed attempt the *original* event
 //!   goes to the dead-letter sink with the same retry settings, with the
 //!   extensions `knativeerrordest` (the failed URL), `knativeerrorcode`
@@ -131,13 +132,6 @@ pub enum Outcome {
         /// The reply event, if any.
         reply: Option<Box<Event>>,
     },
-    /// The subscriber answered 2xx with a body that is not a valid event.
-    BadReply {
-        /// The status code.
-        status: u16,
-        /// What is wrong with the reply.
-        error: String,
-    },
     /// Every attempt failed.
     Failed {
         /// The last status (`None`: no response).
@@ -202,9 +196,7 @@ impl Sender {
         loop {
             attempt += 1;
             let (status, body, error, retry_after) = match self.attempt(&encoded, target).await {
-                Ok(outcome @ (Outcome::Delivered { .. } | Outcome::BadReply { .. })) => {
-                    return outcome;
-                }
+                Ok(outcome @ Outcome::Delivered { .. }) => return outcome,
                 Ok(Outcome::Failed {
                     status,
                     body,
@@ -263,16 +255,27 @@ impl Sender {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
             let (parts, body) = response.into_parts();
-            let body = Limited::new(body, MAX_REPLY_BYTES)
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .map_err(|e| AttemptError {
-                    status: Some(status),
-                    body: Bytes::new(),
-                    error: format!("reading the response: {e}"),
-                    retry_after,
-                })?;
+            let body = match Limited::new(body, MAX_REPLY_BYTES).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e)
+                    if e.downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some() =>
+                {
+                    // Too large to be a reply: a bad reply (502).
+                    return Err(AttemptError {
+                        status: Some(502),
+                        body: Bytes::new(),
+                        error: format!("the reply is larger than {MAX_REPLY_BYTES} bytes"),
+                        retry_after,
+                    });
+                }
+                Err(e) => {
+                    // The response broke off: as if there was none.
+                    return Err(AttemptError::no_response(format!(
+                        "reading the response: {e}"
+                    )));
+                }
+            };
             Ok::<_, AttemptError>((parts, status, body, retry_after))
         };
         let (parts, status, body, retry_after) = match target.retry.timeout {
@@ -300,14 +303,21 @@ impl Sender {
                 reply: None,
             });
         }
-        match binding::read_response(&parts.headers, &body, &binding::Limits::default()) {
+        let limits = binding::Limits {
+            header_decoding: binding::HeaderDecoding::Lenient,
+            ..binding::Limits::default()
+        };
+        match binding::read_response(&parts.headers, &body, &limits) {
             Ok(reply) => Ok(Outcome::Delivered {
                 status,
                 reply: reply.map(Box::new),
             }),
-            Err(e) => Ok(Outcome::BadReply {
-                status,
-                error: e.to_string(),
+            // A bad reply is a failed attempt with 502, retried like one.
+            Err(e) => Err(AttemptError {
+                status: Some(502),
+                body,
+                error: format!("bad reply: {e}"),
+                retry_after: None,
             }),
         }
     }

@@ -342,7 +342,7 @@ fn evaluate(node: &Node, event: &Event) -> FilterResult {
             FilterResult::NoFilter => FilterResult::NoFilter,
         },
         Node::Cesql(expression) => {
-            if expression.evaluate(event).passes() {
+            if expression.matches(event) {
                 FilterResult::Pass
             } else {
                 FilterResult::Fail

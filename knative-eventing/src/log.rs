@@ -83,6 +83,7 @@ pub trait EventLog: Send + Sync {
     async fn committed(&self, log: &str, consumer: &str) -> Result<Offset, LogError>;
 
     /// Records that `consumer` is done with every event before `offset`.
+    /// `consumer` must have been registered by [`EventLog::committed`].
     async fn commit(&self, log: &str, consumer: &str, offset: Offset) -> Result<(), LogError>;
 
     /// Forgets `consumer` (its trigger was deleted).
@@ -112,10 +113,24 @@ impl Stream {
     }
 }
 
-/// An [`EventLog`] in memory: fast, and lost with the process.
-#[derive(Clone, Default)]
+/// How many events an [`InMemoryLog`] keeps per log by default.
+pub const DEFAULT_CAPACITY: usize = 100_000;
+
+/// An [`EventLog`] in memory: fast, and lost with the process. Each log
+/// keeps at most its capacity of events that some consumer has not
+/// committed yet; appends beyond it fail (the ingress answers 500, so the
+/// producer retries later) instead of growing without bound behind a
+/// stuck subscriber.
+#[derive(Clone)]
 pub struct InMemoryLog {
     streams: Arc<Mutex<HashMap<String, Stream>>>,
+    capacity: usize,
+}
+
+impl Default for InMemoryLog {
+    fn default() -> Self {
+        InMemoryLog::with_capacity(DEFAULT_CAPACITY)
+    }
 }
 
 impl std::fmt::Debug for InMemoryLog {
@@ -125,9 +140,17 @@ impl std::fmt::Debug for InMemoryLog {
 }
 
 impl InMemoryLog {
-    /// An empty log store.
+    /// An empty log store keeping up to [`DEFAULT_CAPACITY`] events per log.
     pub fn new() -> Self {
         InMemoryLog::default()
+    }
+
+    /// An empty log store keeping up to `capacity` events per log.
+    pub fn with_capacity(capacity: usize) -> Self {
+        InMemoryLog {
+            streams: Arc::new(Mutex::new(HashMap::new())),
+            capacity: capacity.max(1),
+        }
     }
 
     fn with<T>(
@@ -175,7 +198,18 @@ impl EventLog for InMemoryLog {
     }
 
     async fn append(&self, log: &str, events: Vec<Event>) -> Result<Offset, LogError> {
+        let capacity = self.capacity;
         self.with(log, |s| {
+            if s.events.len() + events.len() > capacity {
+                return Err(LogError::Storage {
+                    log: log.to_owned(),
+                    message: format!(
+                        "full: {} events wait for a slow consumer (capacity {capacity})",
+                        s.events.len()
+                    ),
+                    source: None,
+                });
+            }
             let first = s.next();
             s.events.extend(events.into_iter().map(Arc::new));
             let next = s.next();
@@ -224,7 +258,11 @@ impl EventLog for InMemoryLog {
     async fn commit(&self, log: &str, consumer: &str, offset: Offset) -> Result<(), LogError> {
         self.with(log, |s| {
             let offset = offset.min(s.next());
-            let cursor = s.cursors.entry(consumer.to_owned()).or_insert(offset);
+            // Only registered consumers commit: a consumer removed while
+            // its last commit was on its way must not come back.
+            let Some(cursor) = s.cursors.get_mut(consumer) else {
+                return Err(LogError::NotFound(format!("{log}#{consumer}")));
+            };
             *cursor = (*cursor).max(offset);
             s.trim();
             Ok(())
@@ -283,6 +321,23 @@ mod tests {
         ));
         // A consumer seen later starts at the end.
         assert_eq!(log.committed("ns/b", "t3").await.expect("cursor"), 3);
+        // A removed consumer cannot commit itself back.
+        log.remove_consumer("ns/b", "t3").await.expect("removed");
+        assert!(log.commit("ns/b", "t3", 3).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_full_log_refuses_appends_until_consumers_catch_up() {
+        let log = InMemoryLog::with_capacity(2);
+        log.create("l").await.expect("created");
+        log.committed("l", "c").await.expect("registered");
+        log.append("l", vec![event("1"), event("2")])
+            .await
+            .expect("fits");
+        let err = log.append("l", vec![event("3")]).await.expect_err("full");
+        assert!(err.to_string().contains("full"), "{err}");
+        log.commit("l", "c", 2).await.expect("commit");
+        log.append("l", vec![event("3")]).await.expect("room again");
     }
 
     #[tokio::test]

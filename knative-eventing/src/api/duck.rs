@@ -184,7 +184,7 @@ pub struct DeliverySpec {
     /// The longest `Retry-After` honoured, an ISO-8601 duration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_max: Option<String>,
-    /// The content mode of deliveries (default: as received).
+    /// The content mode of deliveries (default: binary).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<DeliveryFormat>,
 }
