@@ -2,7 +2,9 @@
 //! 127.0.0.1, with the in-memory log; and CESQL evaluations per second.
 //!
 //! Run: `cargo bench -p knative-eventing --bench broker`
-//! (`-- --seconds N` to measure longer than 5 s per row).
+//! (`-- --seconds N` to measure longer than 5 s per row; environment
+//! `ROWS=1x1,10x1` picks rows as triggers×events-per-request, and
+//! `MAX_IN_FLIGHT=n` the dispatchers' window).
 //!
 //! Producers post binary-mode events (one per request as upstream's
 //! ingress takes them, or 100 per batched request) on 32 keep-alive
@@ -280,7 +282,17 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    for (triggers, batch) in [(1, 1), (1, 100), (10, 1), (100, 1)] {
+    let rows: Vec<(usize, usize)> = match std::env::var("ROWS") {
+        Ok(rows) => rows
+            .split(',')
+            .filter_map(|r| {
+                let (t, b) = r.split_once('x')?;
+                Some((t.parse().ok()?, b.parse().ok()?))
+            })
+            .collect(),
+        Err(_) => vec![(1, 1), (1, 100), (10, 1), (100, 1)],
+    };
+    for (triggers, batch) in rows {
         let row = runtime.block_on(run(triggers, batch, seconds));
         println!(
             "| {triggers} | {batch} | {} | {} | {:.2} | {:.2} |",
