@@ -13,6 +13,7 @@
 //! | [`log`] | the `EventLog` between ingress and dispatch, and its in-memory implementation |
 //! | [`delivery`] | retries, backoff, `Retry-After`, replies and dead letters (§5) |
 //! | [`broker`] | the broker data path: ingress `POST /{namespace}/{broker}` and per-trigger dispatchers (§1.3–§1.5) |
+//! | [`reconciler`] | Broker and Trigger reconcilers: status, address and destination resolution, data-plane programming |
 //!
 //! Still to come: channels, subscriptions, flows, sources and durable logs
 //! (on disk and NATS JetStream).
@@ -24,3 +25,4 @@ pub mod cesql;
 pub mod delivery;
 pub mod filter;
 pub mod log;
+pub mod reconciler;

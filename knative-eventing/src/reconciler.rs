@@ -1,0 +1,657 @@
+//! The Broker and Trigger reconcilers (`specs/EVENTING.md §1.1`, `§1.2`):
+//! they program the [`Brokers`] data plane from the objects and write
+//! their status.
+//!
+//! - [`BrokerReconciler`]: resolves the dead-letter sink, creates the
+//!   broker's log and ingress route, and reports `status.address.url`
+//!   (`{ingress}/{namespace}/{name}`) with `Ready` over `IngressReady`,
+//!   `TriggerChannelReady`, `FilterReady`, `Addressable`,
+//!   `DeadLetterSinkResolved` and `EventPoliciesReady`.
+//! - [`TriggerReconciler`]: checks its broker (`BrokerReady`), resolves
+//!   the subscriber (`SubscriberResolved`, `status.subscriberUri`) and the
+//!   dead-letter sink (the trigger's, else the broker's; `True` with
+//!   reason `DeadLetterSinkNotConfigured` when there is none), compiles
+//!   the filters and starts the trigger's dispatcher (`SubscriptionReady`);
+//!   `DependencyReady` is `True`.
+//!
+//! Both add a finalizer so that deleting the object stops its data path.
+//! Destinations are resolved by an [`AddressResolver`]: absolute URIs as
+//! they are, references through the resolver (brokers are known here;
+//! the embedded platform adds Knative Services and the like).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use knative_core::condition::ConditionSet;
+use knative_core::runtime::{Action, Reconciler};
+use knative_core::store::{ApiObject, Objects, StoreError};
+use tracing::debug;
+
+use crate::api::duck::is_absolute_uri;
+use crate::api::{Addressable, Broker, Destination, KReference, Trigger};
+use crate::broker::{Brokers, IngressError, TriggerRoute};
+use crate::filter::Filter;
+use crate::log::LogError;
+
+/// The finalizer of Brokers.
+pub const BROKER_FINALIZER: &str = "brokers.eventing.knative.dev";
+/// The finalizer of Triggers.
+pub const TRIGGER_FINALIZER: &str = "triggers.eventing.knative.dev";
+/// How soon a trigger whose broker is not ready looks again.
+const RECHECK: Duration = Duration::from_secs(2);
+
+/// Why a reconcile failed (retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// Reading or writing objects failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The event log failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The data plane refused.
+    #[error(transparent)]
+    Ingress(#[from] IngressError),
+}
+
+/// Turns references into URLs.
+#[async_trait]
+pub trait AddressResolver: Send + Sync {
+    /// The URL of the object `reference` names (its namespace defaulting
+    /// to `namespace`), or why it has none.
+    async fn resolve_reference(
+        &self,
+        reference: &KReference,
+        namespace: &str,
+    ) -> Result<String, String>;
+}
+
+/// Resolves a [`Destination`]: an absolute URI as it is; a reference
+/// through `resolver`, with a relative `uri` appended to its address.
+pub async fn resolve_destination(
+    resolver: &dyn AddressResolver,
+    destination: &Destination,
+    namespace: &str,
+) -> Result<String, String> {
+    let uri = destination.uri.as_deref().filter(|u| !u.is_empty());
+    match (&destination.reference, uri) {
+        (None, Some(uri)) if is_absolute_uri(uri) => Ok(uri.to_owned()),
+        (None, Some(uri)) => Err(format!("uri {uri:?} is not absolute and there is no ref")),
+        (None, None) => Err("the destination has neither ref nor uri".to_owned()),
+        (Some(reference), relative) => {
+            let base = resolver.resolve_reference(reference, namespace).await?;
+            Ok(match relative {
+                None => base,
+                Some(path) => format!(
+                    "{}/{}",
+                    base.trim_end_matches('/'),
+                    path.trim_start_matches('/')
+                ),
+            })
+        }
+    }
+}
+
+/// Resolves references to Brokers (their ingress address) and delegates
+/// every other kind to `next`, if any.
+pub struct BrokerAddresses {
+    brokers: Arc<dyn Objects<Broker>>,
+    next: Option<Arc<dyn AddressResolver>>,
+}
+
+impl BrokerAddresses {
+    /// Broker references looked up in `brokers`; other kinds go to `next`.
+    pub fn new(brokers: Arc<dyn Objects<Broker>>, next: Option<Arc<dyn AddressResolver>>) -> Self {
+        BrokerAddresses { brokers, next }
+    }
+}
+
+#[async_trait]
+impl AddressResolver for BrokerAddresses {
+    async fn resolve_reference(
+        &self,
+        reference: &KReference,
+        namespace: &str,
+    ) -> Result<String, String> {
+        let ns = reference
+            .namespace
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(namespace);
+        let is_broker = reference.kind == "Broker"
+            && reference
+                .api_version
+                .as_deref()
+                .or(reference.group.as_deref())
+                .is_some_and(|v| v.starts_with(crate::api::GROUP));
+        if is_broker {
+            let broker = self
+                .brokers
+                .get(Some(ns), &reference.name)
+                .await
+                .map_err(|e| format!("broker {ns}/{}: {e}", reference.name))?;
+            return broker
+                .status
+                .as_ref()
+                .and_then(|s| s.address.as_ref())
+                .and_then(|a| a.url.clone())
+                .ok_or_else(|| format!("broker {ns}/{} has no address yet", reference.name));
+        }
+        match &self.next {
+            Some(next) => next.resolve_reference(reference, namespace).await,
+            None => Err(format!(
+                "cannot resolve {} {ns}/{}: no resolver for this kind",
+                reference.kind, reference.name
+            )),
+        }
+    }
+}
+
+fn broker_conditions() -> ConditionSet {
+    ConditionSet::living(&[
+        "IngressReady",
+        "TriggerChannelReady",
+        "FilterReady",
+        "Addressable",
+        "DeadLetterSinkResolved",
+        "EventPoliciesReady",
+    ])
+}
+
+fn trigger_conditions() -> ConditionSet {
+    ConditionSet::living(&[
+        "BrokerReady",
+        "SubscriptionReady",
+        "DependencyReady",
+        "SubscriberResolved",
+        "DeadLetterSinkResolved",
+    ])
+}
+
+fn has_finalizer<K: ApiObject>(object: &K, finalizer: &str) -> bool {
+    object
+        .meta()
+        .finalizers
+        .iter()
+        .flatten()
+        .any(|f| f == finalizer)
+}
+
+/// Adds or removes `finalizer` and writes the object.
+async fn set_finalizer<K: ApiObject + Clone>(
+    objects: &dyn Objects<K>,
+    object: &K,
+    finalizer: &str,
+    present: bool,
+) -> Result<(), StoreError> {
+    let mut updated = object.clone();
+    let list = updated.meta_mut().finalizers.get_or_insert_with(Vec::new);
+    if present {
+        list.push(finalizer.to_owned());
+    } else {
+        list.retain(|f| f != finalizer);
+    }
+    match objects.replace(&updated).await {
+        Err(e) if !present && e.is_not_found() => Ok(()),
+        other => other.map(|_| ()),
+    }
+}
+
+/// Reconciles Brokers into the data plane.
+pub struct BrokerReconciler {
+    brokers: Arc<dyn Objects<Broker>>,
+    data_plane: Brokers,
+    resolver: Arc<dyn AddressResolver>,
+    ingress_url: String,
+}
+
+impl std::fmt::Debug for BrokerReconciler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerReconciler")
+            .field("ingress_url", &self.ingress_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BrokerReconciler {
+    /// A reconciler programming `data_plane`, whose ingress listens at
+    /// `ingress_url` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(
+        brokers: Arc<dyn Objects<Broker>>,
+        data_plane: Brokers,
+        resolver: Arc<dyn AddressResolver>,
+        ingress_url: impl Into<String>,
+    ) -> Self {
+        BrokerReconciler {
+            brokers,
+            data_plane,
+            resolver,
+            ingress_url: ingress_url.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl Reconciler<Broker> for BrokerReconciler {
+    type Error = ReconcileError;
+
+    async fn reconcile(&self, broker: Arc<Broker>) -> Result<Action, ReconcileError> {
+        let ns = broker.metadata.namespace.clone().unwrap_or_default();
+        let name = broker.metadata.name.clone().unwrap_or_default();
+        if broker.metadata.deletion_timestamp.is_some() {
+            if has_finalizer(&*broker, BROKER_FINALIZER) {
+                self.data_plane.remove_broker(&ns, &name).await?;
+                set_finalizer(&*self.brokers, &*broker, BROKER_FINALIZER, false).await?;
+            }
+            return Ok(Action::await_change());
+        }
+        if !has_finalizer(&*broker, BROKER_FINALIZER) {
+            set_finalizer(&*self.brokers, &*broker, BROKER_FINALIZER, true).await?;
+            return Ok(Action::await_change());
+        }
+        let mut status = broker.status.clone().unwrap_or_default();
+        let set = broker_conditions();
+        let mut m = set.manage(&mut status.status.conditions);
+        m.initialize();
+        status.status.observed_generation = broker.metadata.generation;
+        let delivery = broker.spec.delivery.clone();
+        let mut dls = None;
+        let mut requeue = None;
+        match delivery.as_ref().and_then(|d| d.dead_letter_sink.as_ref()) {
+            None => m.mark_true_with_reason(
+                "DeadLetterSinkResolved",
+                "DeadLetterSinkNotConfigured",
+                "No dead letter sink is configured.",
+            ),
+            Some(d) => match resolve_destination(&*self.resolver, d, &ns).await {
+                Ok(url) => {
+                    m.mark_true("DeadLetterSinkResolved");
+                    dls = Some(url);
+                }
+                Err(e) => {
+                    m.mark_false(
+                        "DeadLetterSinkResolved",
+                        "Unable to get the dead letter sink's URI",
+                        &e,
+                    );
+                    requeue = Some(RECHECK);
+                }
+            },
+        }
+        status.delivery.dead_letter_sink_uri = dls.clone();
+        self.data_plane
+            .upsert_broker(&ns, &name, delivery, dls)
+            .await?;
+        for c in [
+            "IngressReady",
+            "TriggerChannelReady",
+            "FilterReady",
+            "EventPoliciesReady",
+        ] {
+            m.mark_true(c);
+        }
+        let url = format!("{}/{ns}/{name}", self.ingress_url.trim_end_matches('/'));
+        m.mark_true("Addressable");
+        drop(m);
+        status.address = Some(Addressable {
+            name: Some("http".to_owned()),
+            url: Some(url.clone()),
+            ..Addressable::default()
+        });
+        status.addresses = vec![Addressable {
+            name: Some("http".to_owned()),
+            url: Some(url),
+            ..Addressable::default()
+        }];
+        if broker.status.as_ref() != Some(&status) {
+            let mut updated = (*broker).clone();
+            updated.status = Some(status);
+            self.brokers.replace_status(&updated).await?;
+        }
+        debug!(broker = %format!("{ns}/{name}"), "broker reconciled");
+        Ok(requeue.map_or_else(Action::await_change, Action::requeue_after))
+    }
+}
+
+/// Reconciles Triggers into the data plane.
+pub struct TriggerReconciler {
+    triggers: Arc<dyn Objects<Trigger>>,
+    brokers: Arc<dyn Objects<Broker>>,
+    data_plane: Brokers,
+    resolver: Arc<dyn AddressResolver>,
+}
+
+impl std::fmt::Debug for TriggerReconciler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TriggerReconciler").finish_non_exhaustive()
+    }
+}
+
+impl TriggerReconciler {
+    /// A reconciler programming `data_plane`.
+    pub fn new(
+        triggers: Arc<dyn Objects<Trigger>>,
+        brokers: Arc<dyn Objects<Broker>>,
+        data_plane: Brokers,
+        resolver: Arc<dyn AddressResolver>,
+    ) -> Self {
+        TriggerReconciler {
+            triggers,
+            brokers,
+            data_plane,
+            resolver,
+        }
+    }
+}
+
+#[async_trait]
+impl Reconciler<Trigger> for TriggerReconciler {
+    type Error = ReconcileError;
+
+    async fn reconcile(&self, trigger: Arc<Trigger>) -> Result<Action, ReconcileError> {
+        let ns = trigger.metadata.namespace.clone().unwrap_or_default();
+        let name = trigger.metadata.name.clone().unwrap_or_default();
+        let broker_name = trigger.spec.broker.clone();
+        if trigger.metadata.deletion_timestamp.is_some() {
+            if has_finalizer(&*trigger, TRIGGER_FINALIZER) {
+                match self
+                    .data_plane
+                    .remove_trigger(&ns, &broker_name, &name)
+                    .await
+                {
+                    Ok(()) | Err(LogError::NotFound(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                set_finalizer(&*self.triggers, &*trigger, TRIGGER_FINALIZER, false).await?;
+            }
+            return Ok(Action::await_change());
+        }
+        if !has_finalizer(&*trigger, TRIGGER_FINALIZER) {
+            set_finalizer(&*self.triggers, &*trigger, TRIGGER_FINALIZER, true).await?;
+            return Ok(Action::await_change());
+        }
+        let mut status = trigger.status.clone().unwrap_or_default();
+        let set = trigger_conditions();
+        let mut m = set.manage(&mut status.status.conditions);
+        m.initialize();
+        status.status.observed_generation = trigger.metadata.generation;
+        m.mark_true("DependencyReady");
+        let mut requeue = None;
+
+        let broker = match self.brokers.get(Some(&ns), &broker_name).await {
+            Ok(b) => Some(b),
+            Err(e) if e.is_not_found() => {
+                m.mark_false(
+                    "BrokerReady",
+                    "BrokerDoesNotExist",
+                    &format!("Broker {broker_name:?} does not exist"),
+                );
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let broker_ready = broker.as_ref().is_some_and(|b| {
+            b.status
+                .as_ref()
+                .is_some_and(|s| broker_conditions().is_happy(&s.status.conditions))
+        });
+        if broker.is_some() && !broker_ready {
+            m.mark_unknown(
+                "BrokerReady",
+                "BrokerNotReady",
+                "The broker is not ready yet.",
+            );
+        } else if broker_ready {
+            m.mark_true("BrokerReady");
+        }
+        let subscriber =
+            match resolve_destination(&*self.resolver, &trigger.spec.subscriber, &ns).await {
+                Ok(url) => {
+                    m.mark_true("SubscriberResolved");
+                    Some(url)
+                }
+                Err(e) => {
+                    m.mark_false(
+                        "SubscriberResolved",
+                        "Unable to get the Subscriber's URI",
+                        &e,
+                    );
+                    None
+                }
+            };
+        status.subscriber_uri = subscriber.clone();
+        let dls = match trigger
+            .spec
+            .delivery
+            .as_ref()
+            .and_then(|d| d.dead_letter_sink.as_ref())
+        {
+            Some(d) => match resolve_destination(&*self.resolver, d, &ns).await {
+                Ok(url) => {
+                    m.mark_true("DeadLetterSinkResolved");
+                    Some(url)
+                }
+                Err(e) => {
+                    m.mark_false(
+                        "DeadLetterSinkResolved",
+                        "Unable to get the dead letter sink's URI",
+                        &e,
+                    );
+                    requeue = Some(RECHECK);
+                    None
+                }
+            },
+            None => {
+                let from_broker = broker
+                    .as_ref()
+                    .and_then(|b| b.status.as_ref())
+                    .and_then(|s| s.delivery.dead_letter_sink_uri.clone());
+                match &from_broker {
+                    Some(_) => m.mark_true("DeadLetterSinkResolved"),
+                    None => m.mark_true_with_reason(
+                        "DeadLetterSinkResolved",
+                        "DeadLetterSinkNotConfigured",
+                        "No dead letter sink is configured.",
+                    ),
+                }
+                from_broker
+            }
+        };
+        status.delivery.dead_letter_sink_uri = dls.clone();
+
+        match (broker_ready, subscriber) {
+            (true, Some(url)) => match Filter::for_trigger(&trigger.spec) {
+                Ok(filter) => {
+                    self.data_plane
+                        .upsert_trigger(
+                            &ns,
+                            &broker_name,
+                            &name,
+                            TriggerRoute {
+                                filter,
+                                subscriber: url,
+                                delivery: trigger.spec.delivery.clone(),
+                                dead_letter_sink: dls,
+                            },
+                        )
+                        .await?;
+                    m.mark_true("SubscriptionReady");
+                }
+                Err(e) => m.mark_false("SubscriptionReady", "InvalidFilter", &e.to_string()),
+            },
+            _ => {
+                m.mark_unknown(
+                    "SubscriptionReady",
+                    "NotSubscribed",
+                    "Waiting for the broker and the subscriber.",
+                );
+                requeue = Some(RECHECK);
+            }
+        }
+        drop(m);
+        if trigger.status.as_ref() != Some(&status) {
+            let mut updated = (*trigger).clone();
+            updated.status = Some(status);
+            self.triggers.replace_status(&updated).await?;
+        }
+        Ok(requeue.map_or_else(Action::await_change, Action::requeue_after))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use knative_core::runtime::Controller;
+    use knative_core::store::InMemoryStore;
+
+    use super::*;
+    use crate::broker::{DispatchConfig, IngressConfig};
+    use crate::log::InMemoryLog;
+
+    fn broker() -> Broker {
+        serde_yaml::from_str("metadata: {name: default, namespace: ns}\nspec: {}\n")
+            .expect("broker")
+    }
+
+    fn trigger(subscriber: &str) -> Trigger {
+        serde_yaml::from_str(&format!(
+            "metadata: {{name: t, namespace: ns}}\nspec:\n  broker: default\n  subscriber: {subscriber}\n"
+        ))
+        .expect("trigger")
+    }
+
+    async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+        for _ in 0..400 {
+            if let Some(v) = check().await {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    #[tokio::test]
+    async fn brokers_and_triggers_become_ready_and_programme_the_data_plane() {
+        let store = InMemoryStore::new();
+        let brokers: Arc<dyn Objects<Broker>> = Arc::new(store.objects::<Broker>());
+        let triggers: Arc<dyn Objects<Trigger>> = Arc::new(store.objects::<Trigger>());
+        let data_plane = Brokers::new(
+            Arc::new(InMemoryLog::new()),
+            IngressConfig::default(),
+            DispatchConfig::default(),
+        );
+        let resolver: Arc<dyn AddressResolver> =
+            Arc::new(BrokerAddresses::new(Arc::clone(&brokers), None));
+        let broker_controller = Controller::new(
+            Arc::clone(&brokers),
+            Arc::new(BrokerReconciler::new(
+                Arc::clone(&brokers),
+                data_plane.clone(),
+                Arc::clone(&resolver),
+                "http://127.0.0.1:9999",
+            )),
+        );
+        let trigger_controller = Controller::new(
+            Arc::clone(&triggers),
+            Arc::new(TriggerReconciler::new(
+                Arc::clone(&triggers),
+                Arc::clone(&brokers),
+                data_plane.clone(),
+                Arc::clone(&resolver),
+            )),
+        );
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let running = tokio::spawn(futures::future::join(
+            broker_controller.run(until(stopped.clone())),
+            trigger_controller.run(until(stopped.clone())),
+        ));
+
+        // A trigger before its broker: not ready, waiting.
+        triggers
+            .create(&trigger("{uri: http://sink.ns.svc/}"))
+            .await
+            .expect("trigger");
+        let t = eventually("trigger status", async || {
+            triggers
+                .get(Some("ns"), "t")
+                .await
+                .ok()
+                .filter(|t| t.status.is_some())
+        })
+        .await;
+        let conditions = &t.status.as_ref().expect("status").status.conditions;
+        let broker_ready =
+            knative_core::condition::find(conditions, "BrokerReady").expect("BrokerReady");
+        assert_eq!(broker_ready.reason, "BrokerDoesNotExist");
+
+        brokers.create(&broker()).await.expect("broker");
+        let b = eventually("broker ready", async || {
+            let b = brokers.get(Some("ns"), "default").await.ok()?;
+            broker_conditions()
+                .is_happy(&b.status.as_ref()?.status.conditions)
+                .then_some(b)
+        })
+        .await;
+        assert_eq!(
+            b.status
+                .as_ref()
+                .and_then(|s| s.address.as_ref())
+                .and_then(|a| a.url.as_deref()),
+            Some("http://127.0.0.1:9999/ns/default")
+        );
+        assert!(data_plane.has_broker("ns", "default"));
+        let t = eventually("trigger ready", async || {
+            let t = triggers.get(Some("ns"), "t").await.ok()?;
+            trigger_conditions()
+                .is_happy(&t.status.as_ref()?.status.conditions)
+                .then_some(t)
+        })
+        .await;
+        assert_eq!(
+            t.status.as_ref().and_then(|s| s.subscriber_uri.as_deref()),
+            Some("http://sink.ns.svc/")
+        );
+
+        // Deleting the broker removes it from the data plane.
+        brokers
+            .delete(Some("ns"), "default")
+            .await
+            .expect("deleted");
+        eventually("broker gone", async || {
+            (!data_plane.has_broker("ns", "default")).then_some(())
+        })
+        .await;
+        let _ = stop.send(true);
+        let _ = running.await;
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_ref_resolves_through_the_resolver_with_a_relative_path() {
+        struct Fixed;
+        #[async_trait]
+        impl AddressResolver for Fixed {
+            async fn resolve_reference(&self, r: &KReference, ns: &str) -> Result<String, String> {
+                Ok(format!("http://{}.{ns}.svc.cluster.local", r.name))
+            }
+        }
+        let d: Destination = serde_json::from_value(serde_json::json!({
+            "ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "app"},
+            "uri": "/events"
+        }))
+        .expect("destination");
+        assert_eq!(
+            resolve_destination(&Fixed, &d, "ns").await.as_deref(),
+            Ok("http://app.ns.svc.cluster.local/events")
+        );
+        let store = InMemoryStore::new();
+        let brokers: Arc<dyn Objects<Broker>> = Arc::new(store.objects::<Broker>());
+        let only_brokers = BrokerAddresses::new(brokers, None);
+        let err = resolve_destination(&only_brokers, &d, "ns")
+            .await
+            .expect_err("no resolver");
+        assert!(err.contains("no resolver for this kind"), "{err}");
+    }
+}
