@@ -46,7 +46,7 @@ use crate::api::{DeliverySpec, RetryPolicy};
 use crate::binding;
 use crate::delivery::{self, Outcome, Sender, Target};
 use crate::filter::Filter;
-use crate::log::{EventLog, LogError, Offset, Record};
+use crate::log::{Entry, EventLog, LogError, Offset, Record};
 
 /// The TTL extension.
 pub const TTL: &str = "knativebrokerttl";
@@ -323,7 +323,13 @@ impl Brokers {
         name: &str,
         events: Vec<Event>,
     ) -> Result<(), IngressError> {
-        self.inner.ingest(namespace, name, events).await
+        self.inner
+            .ingest(
+                namespace,
+                name,
+                events.into_iter().map(Entry::from).collect(),
+            )
+            .await
     }
 
     /// Serves the ingress on `listener` until `shutdown`, then lets the
@@ -469,7 +475,15 @@ impl Brokers {
                 return reply(status, e.to_string());
             }
         };
-        match self.inner.ingest(namespace, name, events).await {
+        let headers = pass_through_headers(&parts.headers);
+        let entries = events
+            .into_iter()
+            .map(|event| Entry {
+                event,
+                headers: headers.clone(),
+            })
+            .collect();
+        match self.inner.ingest(namespace, name, entries).await {
             Ok(()) => reply(StatusCode::ACCEPTED, ""),
             Err(e @ IngressError::NotFound { .. }) => reply(StatusCode::NOT_FOUND, e.to_string()),
             Err(e @ IngressError::TtlExpired { .. }) => {
@@ -510,6 +524,25 @@ fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     response
 }
 
+/// The request headers that travel with an event to its subscribers:
+/// `x-request-id`, `retry-after`, `knative-*` and `x-b3-*`
+/// (`specs/EVENTING.md §1.3`).
+pub fn pass_through_headers(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            let n = name.as_str();
+            n == "x-request-id"
+                || n == "retry-after"
+                || n.starts_with("knative-")
+                || n.starts_with("x-b3-")
+        })
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+        })
+        .collect()
+}
+
 /// The TTL of an event as the ingress defaults it: absent or not an
 /// integer → `max_ttl`, else minus one (floor 0).
 pub fn defaulted_ttl(event: &Event, max_ttl: i32) -> i64 {
@@ -529,7 +562,7 @@ impl Inner {
         &self,
         namespace: &str,
         name: &str,
-        mut events: Vec<Event>,
+        mut events: Vec<Entry>,
     ) -> Result<(), IngressError> {
         let key = broker_key(namespace, name);
         if !self
@@ -544,7 +577,7 @@ impl Inner {
             });
         }
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
-        for event in &mut events {
+        for Entry { event, .. } in &mut events {
             let ttl = defaulted_ttl(event, self.ingress.max_ttl);
             if ttl <= 0 {
                 return Err(IngressError::TtlExpired {
@@ -714,8 +747,13 @@ async fn process(
         format: delivery.as_ref().and_then(|d| d.format),
         one_based_backoff: inner.dispatch.one_based_backoff,
     };
-    let outcome = inner.sender.deliver(&outgoing, &target).await;
     let (namespace, name) = log_name.split_once('/').unwrap_or((&log_name, ""));
+    let mut headers: Vec<(String, String)> = record.headers.to_vec();
+    headers.push(("kn-namespace".to_owned(), namespace.to_owned()));
+    let outcome = inner
+        .sender
+        .deliver_with_headers(&outgoing, &target, &headers)
+        .await;
     let broker_url = format!("broker:/{namespace}/{name}");
     // (failed destination, status, body)
     let failure = match outcome {
@@ -727,7 +765,10 @@ async fn process(
             if let Some(ttl) = ttl {
                 reply.set_extension(TTL, ttl);
             }
-            match inner.ingest(namespace, name, vec![*reply]).await {
+            match inner
+                .ingest(namespace, name, vec![Entry::from(*reply)])
+                .await
+            {
                 Ok(()) => None,
                 Err(e @ IngressError::TtlExpired { .. }) => {
                     debug!(error = %e, "reply dropped at the TTL");

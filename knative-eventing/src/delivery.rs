@@ -172,17 +172,45 @@ impl Sender {
 
     /// Delivers `event` to `target` with its retries and backoff.
     pub async fn deliver(&self, event: &Event, target: &Target) -> Outcome {
-        let span = info_span!("delivery", url = %target.url, id = %event.id());
-        self.deliver_inner(event, target).instrument(span).await
+        self.deliver_with_headers(event, target, &[]).await
     }
 
-    async fn deliver_inner(&self, event: &Event, target: &Target) -> Outcome {
+    /// Delivers `event` with extra HTTP `headers` (passed-through request
+    /// headers, `Kn-Namespace`); names must be lower-case.
+    pub async fn deliver_with_headers(
+        &self,
+        event: &Event,
+        target: &Target,
+        headers: &[(String, String)],
+    ) -> Outcome {
+        let span = info_span!("delivery", url = %target.url, id = %event.id());
+        self.deliver_inner(event, target, headers)
+            .instrument(span)
+            .await
+    }
+
+    async fn deliver_inner(
+        &self,
+        event: &Event,
+        target: &Target,
+        extra: &[(String, String)],
+    ) -> Outcome {
         let backoff = Backoff {
             policy: target.retry.backoff,
             one_based: target.one_based_backoff,
         };
         let encoded = match encode(event, target.format) {
-            Ok(e) => e,
+            Ok(mut e) => {
+                for (name, value) in extra {
+                    if let (Ok(n), Ok(v)) = (
+                        hyper::header::HeaderName::from_bytes(name.as_bytes()),
+                        hyper::header::HeaderValue::from_str(value),
+                    ) {
+                        e.headers.push((n, v));
+                    }
+                }
+                e
+            }
             Err(error) => {
                 return Outcome::Failed {
                     status: None,

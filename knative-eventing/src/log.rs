@@ -21,6 +21,25 @@ use tokio::sync::watch;
 /// A position in a log: the n-th event ever appended (from 0).
 pub type Offset = u64;
 
+/// One event to append, with the HTTP headers that travel with it
+/// (`x-request-id`, `knative-*`, `x-b3-*`: see `specs/EVENTING.md §1.3`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    /// The event.
+    pub event: Event,
+    /// Headers to pass on to subscribers, as (lower-case name, value).
+    pub headers: Vec<(String, String)>,
+}
+
+impl From<Event> for Entry {
+    fn from(event: Event) -> Self {
+        Entry {
+            event,
+            headers: Vec::new(),
+        }
+    }
+}
+
 /// One event read from a log.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Record {
@@ -28,6 +47,8 @@ pub struct Record {
     pub offset: Offset,
     /// The event (shared between the consumers that read it).
     pub event: Arc<Event>,
+    /// The headers that travel with it.
+    pub headers: Arc<[(String, String)]>,
 }
 
 /// Why a log operation failed.
@@ -68,9 +89,9 @@ pub trait EventLog: Send + Sync {
     /// Deletes `log` and its cursors.
     async fn delete(&self, log: &str) -> Result<(), LogError>;
 
-    /// Appends `events` in order and returns the offset of the first.
-    /// When this returns, the events are as durable as the log makes them.
-    async fn append(&self, log: &str, events: Vec<Event>) -> Result<Offset, LogError>;
+    /// Appends `entries` in order and returns the offset of the first.
+    /// When this returns, they are as durable as the log makes them.
+    async fn append(&self, log: &str, entries: Vec<Entry>) -> Result<Offset, LogError>;
 
     /// Up to `max` events from offset `from` on (fewer, or none, at the end).
     async fn read(&self, log: &str, from: Offset, max: usize) -> Result<Vec<Record>, LogError>;
@@ -93,7 +114,7 @@ pub trait EventLog: Send + Sync {
 struct Stream {
     /// Offset of `events[0]`.
     base: Offset,
-    events: VecDeque<Arc<Event>>,
+    events: VecDeque<(Arc<Event>, Arc<[(String, String)]>)>,
     end: watch::Sender<Offset>,
     cursors: HashMap<String, Offset>,
 }
@@ -197,7 +218,7 @@ impl EventLog for InMemoryLog {
         Ok(())
     }
 
-    async fn append(&self, log: &str, events: Vec<Event>) -> Result<Offset, LogError> {
+    async fn append(&self, log: &str, events: Vec<Entry>) -> Result<Offset, LogError> {
         let capacity = self.capacity;
         self.with(log, |s| {
             if s.events.len() + events.len() > capacity {
@@ -211,7 +232,11 @@ impl EventLog for InMemoryLog {
                 });
             }
             let first = s.next();
-            s.events.extend(events.into_iter().map(Arc::new));
+            s.events.extend(
+                events
+                    .into_iter()
+                    .map(|e| (Arc::new(e.event), Arc::from(e.headers))),
+            );
             let next = s.next();
             s.end.send_replace(next);
             if s.cursors.is_empty() {
@@ -236,9 +261,10 @@ impl EventLog for InMemoryLog {
                 .skip(start)
                 .take(max)
                 .enumerate()
-                .map(|(i, event)| Record {
+                .map(|(i, (event, headers))| Record {
                     offset: from + i as u64,
                     event: Arc::clone(event),
+                    headers: Arc::clone(headers),
                 })
                 .collect())
         })
@@ -284,6 +310,10 @@ mod tests {
 
     use super::*;
 
+    fn entry(id: &str) -> Entry {
+        event(id).into()
+    }
+
     fn event(id: &str) -> Event {
         EventBuilderV10::new()
             .id(id)
@@ -301,7 +331,7 @@ mod tests {
         assert_eq!(log.committed("ns/b", "t1").await.expect("cursor"), 0);
         assert_eq!(log.committed("ns/b", "t2").await.expect("cursor"), 0);
         let first = log
-            .append("ns/b", vec![event("1"), event("2"), event("3")])
+            .append("ns/b", vec![entry("1"), entry("2"), entry("3")])
             .await
             .expect("appended");
         assert_eq!(first, 0);
@@ -331,20 +361,20 @@ mod tests {
         let log = InMemoryLog::with_capacity(2);
         log.create("l").await.expect("created");
         log.committed("l", "c").await.expect("registered");
-        log.append("l", vec![event("1"), event("2")])
+        log.append("l", vec![entry("1"), entry("2")])
             .await
             .expect("fits");
-        let err = log.append("l", vec![event("3")]).await.expect_err("full");
+        let err = log.append("l", vec![entry("3")]).await.expect_err("full");
         assert!(err.to_string().contains("full"), "{err}");
         log.commit("l", "c", 2).await.expect("commit");
-        log.append("l", vec![event("3")]).await.expect("room again");
+        log.append("l", vec![entry("3")]).await.expect("room again");
     }
 
     #[tokio::test]
     async fn an_unknown_log_is_not_found() {
         let log = InMemoryLog::new();
         assert!(matches!(
-            log.append("nope", vec![event("1")]).await,
+            log.append("nope", vec![entry("1")]).await,
             Err(LogError::NotFound(_))
         ));
     }

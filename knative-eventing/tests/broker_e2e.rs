@@ -34,6 +34,7 @@ type Behaviour = Arc<dyn Fn(usize, &Event) -> (u16, Option<Event>) + Send + Sync
 struct Subscriber {
     url: String,
     received: Arc<Mutex<Vec<Event>>>,
+    headers: Arc<Mutex<Vec<hyper::HeaderMap>>>,
     calls: Arc<AtomicUsize>,
 }
 
@@ -44,18 +45,26 @@ impl Subscriber {
             .expect("binds");
         let address = listener.local_addr().expect("address");
         let received = Arc::new(Mutex::new(Vec::new()));
+        let headers = Arc::new(Mutex::new(Vec::new()));
         let calls = Arc::new(AtomicUsize::new(0));
-        let (r, c) = (Arc::clone(&received), Arc::clone(&calls));
+        let (r, c, hs) = (
+            Arc::clone(&received),
+            Arc::clone(&calls),
+            Arc::clone(&headers),
+        );
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (r, c, behaviour) = (Arc::clone(&r), Arc::clone(&c), Arc::clone(&behaviour));
+                let hs = Arc::clone(&hs);
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(
                         move |request: Request<hyper::body::Incoming>| {
                             let (r, c, behaviour) =
                                 (Arc::clone(&r), Arc::clone(&c), Arc::clone(&behaviour));
+                            let hs = Arc::clone(&hs);
                             async move {
                                 let (parts, body) = request.into_parts();
+                                hs.lock().expect("lock").push(parts.headers.clone());
                                 let body = body
                                     .collect()
                                     .await
@@ -118,6 +127,7 @@ impl Subscriber {
         Subscriber {
             url: format!("http://{address}/"),
             received,
+            headers,
             calls,
         }
     }
@@ -352,13 +362,34 @@ async fn the_ingress_answers_every_status_code_path() {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    // Finally a good one: 202, and it arrives with the arrival time and without the TTL.
-    let (status, body) = mesh.post("POST", "/default/default", &good, "").await;
+    // Finally a good one: 202, and it arrives with the arrival time and
+    // without the TTL, with the headers that travel with events.
+    let mut traced = good.to_vec();
+    traced.extend([
+        ("x-request-id", "req-1"),
+        ("x-b3-traceid", "abc"),
+        ("knative-custom", "yes"),
+        ("x-other", "dropped"),
+    ]);
+    let (status, body) = mesh.post("POST", "/default/default", &traced, "").await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     eventually("delivery", || sub.events().len() == 1).await;
     let delivered = &sub.events()[0];
     assert!(delivered.extension("knativearrivaltime").is_some());
     assert!(delivered.extension("knativebrokerttl").is_none());
+    let headers = sub.headers.lock().expect("lock")[0].clone();
+    let h = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    assert_eq!(h("x-request-id").as_deref(), Some("req-1"));
+    assert_eq!(h("x-b3-traceid").as_deref(), Some("abc"));
+    assert_eq!(h("knative-custom").as_deref(), Some("yes"));
+    assert_eq!(h("x-other"), None);
+    assert_eq!(h("kn-namespace").as_deref(), Some("default"));
+    assert_eq!(h("prefer").as_deref(), Some("reply"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
