@@ -111,10 +111,13 @@ pub trait EventLog: Send + Sync {
     async fn remove_consumer(&self, log: &str, consumer: &str) -> Result<(), LogError>;
 }
 
+/// The headers kept with an event.
+type Headers = Arc<[(String, String)]>;
+
 struct Stream {
     /// Offset of `events[0]`.
     base: Offset,
-    events: VecDeque<(Arc<Event>, Arc<[(String, String)]>)>,
+    events: VecDeque<(Arc<Event>, Headers)>,
     end: watch::Sender<Offset>,
     cursors: HashMap<String, Offset>,
 }
