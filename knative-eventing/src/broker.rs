@@ -171,10 +171,27 @@ struct Inner {
     brokers: Mutex<HashMap<String, BrokerState>>,
 }
 
-/// The brokers' data plane: ingress and dispatchers. Cheap to clone.
+/// The brokers' data plane: ingress and dispatchers. Cheap to clone;
+/// when the last clone is dropped every dispatcher stops (deliveries in
+/// flight are abandoned; their events stay uncommitted in the log).
 #[derive(Clone)]
 pub struct Brokers {
     inner: Arc<Inner>,
+    _alive: Arc<Alive>,
+}
+
+/// Stops the dispatchers when the last [`Brokers`] handle goes (their
+/// deliveries hold the shared state, so it would not go by itself).
+struct Alive(std::sync::Weak<Inner>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            let brokers =
+                std::mem::take(&mut *inner.brokers.lock().unwrap_or_else(PoisonError::into_inner));
+            drop(brokers);
+        }
+    }
 }
 
 impl std::fmt::Debug for Brokers {
@@ -186,14 +203,16 @@ impl std::fmt::Debug for Brokers {
 impl Brokers {
     /// A data plane storing events in `log` and delivering with `sender`.
     pub fn new(log: Arc<dyn EventLog>, ingress: IngressConfig, dispatch: DispatchConfig) -> Self {
+        let inner = Arc::new(Inner {
+            log,
+            sender: Sender::new(),
+            ingress,
+            dispatch,
+            brokers: Mutex::new(HashMap::new()),
+        });
         Brokers {
-            inner: Arc::new(Inner {
-                log,
-                sender: Sender::new(),
-                ingress,
-                dispatch,
-                brokers: Mutex::new(HashMap::new()),
-            }),
+            _alive: Arc::new(Alive(Arc::downgrade(&inner))),
+            inner,
         }
     }
 

@@ -10,13 +10,13 @@
 //! | [`binding`] | the CloudEvents HTTP binding: binary, structured and batch, with percent-encoded headers (§7, §10) |
 //! | [`cesql`] | CESQL v1: parser, type checker and evaluator (§3) |
 //! | [`filter`] | trigger filters: the legacy attribute map and every Subscriptions API dialect (§2) |
-//! | [`log`] | the `EventLog` between ingress and dispatch, and its in-memory implementation |
+//! | [`log`] | the `EventLog` between ingress and dispatch: in memory, and durable on disk (`log::disk::DiskLog`) |
 //! | [`delivery`] | retries, backoff, `Retry-After`, replies and dead letters (§5) |
 //! | [`broker`] | the broker data path: ingress `POST /{namespace}/{broker}` and per-trigger dispatchers (§1.3–§1.5) |
 //! | [`reconciler`] | Broker and Trigger reconcilers: status, address and destination resolution, data-plane programming |
 //!
-//! Still to come: channels, subscriptions, flows, sources and durable logs
-//! (on disk and NATS JetStream).
+//! Still to come: channels, subscriptions, flows, sources and a NATS
+//! JetStream log.
 
 pub mod api;
 pub mod binding;

@@ -8,8 +8,9 @@
 //! consumer seen for the first time starts at the end of the log: a new
 //! trigger gets the events that arrive after it, as upstream's do.
 //!
-//! [`InMemoryLog`] is the embedded implementation; durable ones (on disk,
-//! NATS JetStream) implement the same trait.
+//! [`InMemoryLog`] keeps events in memory; [`disk::DiskLog`] keeps them in
+//! one file (redb, every append synced before it returns) and survives a
+//! restart or a killed process with its cursors. NATS JetStream comes next.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -382,3 +383,5 @@ mod tests {
         ));
     }
 }
+
+pub mod disk;

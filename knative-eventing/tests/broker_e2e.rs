@@ -843,3 +843,83 @@ async fn delivered_events_leave_the_log_and_a_removed_trigger_stops() {
     );
     assert!(log.is_empty("ns/b"), "with no trigger left nothing is kept");
 }
+
+/// With the log on disk, events accepted but not yet delivered when the
+/// process stops are delivered after a restart (the cursor only moves past
+/// finished deliveries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_in_flight_at_a_restart_are_delivered_from_the_disk_log() {
+    use knative_eventing::log::disk::DiskLog;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("events.redb");
+    // A subscriber that accepts connections and never answers.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let hang_url = format!("http://{}/", hang.local_addr().expect("address"));
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = Arc::clone(&held);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = hang.accept().await {
+            keep.lock().expect("lock").push(stream);
+        }
+    });
+    let route = |url: &str| {
+        let spec: TriggerSpec =
+            serde_json::from_value(json!({"broker": "b", "subscriber": {"uri": url}}))
+                .expect("spec");
+        TriggerRoute {
+            filter: Filter::for_trigger(&spec).expect("filter"),
+            subscriber: url.to_owned(),
+            delivery: None,
+            dead_letter_sink: None,
+        }
+    };
+    {
+        let log = Arc::new(DiskLog::open(&path).expect("opens"));
+        let brokers = Brokers::new(log, IngressConfig::default(), DispatchConfig::default());
+        brokers
+            .upsert_broker("ns", "b", None, None)
+            .await
+            .expect("broker");
+        brokers
+            .upsert_trigger("ns", "b", "t", route(&hang_url))
+            .await
+            .expect("trigger");
+        let events: Vec<Event> = (0..5).map(|i| event(&format!("e{i}"), "t", "/s")).collect();
+        brokers.ingest("ns", "b", events).await.expect("accepted");
+        eventually("the deliveries to hang", || {
+            !held.lock().expect("lock").is_empty()
+        })
+        .await;
+        // The process "stops": the data plane goes away mid-delivery.
+    }
+    // Reopen once the stopped dispatchers have let go of the file.
+    let log = {
+        let start = Instant::now();
+        loop {
+            match DiskLog::open(&path) {
+                Ok(log) => break Arc::new(log),
+                Err(e) => {
+                    assert!(start.elapsed() < DEADLINE, "cannot reopen: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    };
+    let working = Subscriber::start(Subscriber::accepting()).await;
+    let brokers = Brokers::new(log, IngressConfig::default(), DispatchConfig::default());
+    brokers
+        .upsert_broker("ns", "b", None, None)
+        .await
+        .expect("broker");
+    brokers
+        .upsert_trigger("ns", "b", "t", route(&working.url))
+        .await
+        .expect("trigger");
+    eventually("redelivery after the restart", || {
+        working.events().len() == 5
+    })
+    .await;
+    assert_eq!(working.ids(), ["e0", "e1", "e2", "e3", "e4"]);
+}
