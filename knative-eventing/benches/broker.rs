@@ -3,8 +3,9 @@
 //!
 //! Run: `cargo bench -p knative-eventing --bench broker`
 //! (`-- --seconds N` to measure longer than 5 s per row; environment
-//! `ROWS=1x1,10x1` picks rows as triggers×events-per-request, and
-//! `MAX_IN_FLIGHT=n` the dispatchers' window).
+//! `ROWS=1x1,10x1` picks rows as triggers×events-per-request,
+//! `MAX_IN_FLIGHT=n` the dispatchers' window, and `LOG=disk` the durable
+//! `DiskLog` instead of the in-memory log).
 //!
 //! Producers post binary-mode events (one per request as upstream's
 //! ingress takes them, or 100 per batched request) on 32 keep-alive
@@ -104,8 +105,17 @@ async fn run(triggers: usize, batch: usize, seconds: f64) -> Row {
         epoch: Instant::now(),
     });
     let sub = subscriber(Arc::clone(&seen)).await;
+    // `LOG=disk`: the durable log in a temporary directory.
+    let _dir = tempfile::tempdir().expect("temp dir");
+    let log: Arc<dyn knative_eventing::log::EventLog> = match std::env::var("LOG").as_deref() {
+        Ok("disk") => Arc::new(
+            knative_eventing::log::disk::DiskLog::open(_dir.path().join("bench.redb"))
+                .expect("opens"),
+        ),
+        _ => Arc::new(InMemoryLog::new()),
+    };
     let brokers = Brokers::new(
-        Arc::new(InMemoryLog::new()),
+        log,
         IngressConfig {
             limits: binding::Limits {
                 allow_batch: batch > 1,
@@ -269,8 +279,13 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse().ok())
         .unwrap_or(5.0);
+    let log = if std::env::var("LOG").as_deref() == Ok("disk") {
+        "durable DiskLog (redb, synced group commits)"
+    } else {
+        "in-memory log"
+    };
     println!(
-        "broker benchmark: {seconds} s per row after 1 s warm-up, in-memory log, every trigger matches"
+        "broker benchmark: {seconds} s per row after 1 s warm-up, {log}, every trigger matches"
     );
     println!();
     println!(

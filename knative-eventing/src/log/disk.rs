@@ -62,6 +62,8 @@ struct Inner {
     /// Held from the start of a write transaction until `ends` reflects it,
     /// so the watch channels see the commits in order.
     writer: Mutex<()>,
+    /// The queue of the group-commit writer thread.
+    appends: Mutex<std::sync::mpsc::Sender<AppendRequest>>,
 }
 
 impl fmt::Debug for DiskLog {
@@ -79,8 +81,6 @@ enum EndUpdate {
     None,
     /// The log exists, ending at this offset if it was not followed yet.
     Ensure(Offset),
-    /// The log exists (created if needed) and ends at this offset.
-    Set(Offset),
     /// The log is gone: its receivers see the sender closed.
     Remove,
 }
@@ -128,15 +128,21 @@ impl DiskLog {
             }
         }
         txn.commit().ctx(&name, "cannot commit")?;
-        Ok(DiskLog {
-            inner: Arc::new(Inner {
-                db,
-                path,
-                capacity: capacity.max(1),
-                ends: Mutex::new(ends),
-                writer: Mutex::new(()),
-            }),
-        })
+        let (appends, queue) = std::sync::mpsc::channel();
+        let inner = Arc::new(Inner {
+            db,
+            path,
+            capacity: capacity.max(1),
+            ends: Mutex::new(ends),
+            writer: Mutex::new(()),
+            appends: Mutex::new(appends),
+        });
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("disklog-writer".to_owned())
+            .spawn(move || append_writer(weak, queue))
+            .ctx(&name, "cannot start the writer thread")?;
+        Ok(DiskLog { inner })
     }
 
     /// The database file.
@@ -194,11 +200,6 @@ impl DiskLog {
                     ends.entry(log.to_owned())
                         .or_insert_with(|| watch::channel(next).0);
                 }
-                EndUpdate::Set(next) => {
-                    ends.entry(log.to_owned())
-                        .or_insert_with(|| watch::channel(next).0)
-                        .send_replace(next);
-                }
                 EndUpdate::Remove => {
                     ends.remove(log);
                 }
@@ -207,6 +208,138 @@ impl DiskLog {
         })
         .await
     }
+}
+
+/// One queued append.
+struct AppendRequest {
+    log: String,
+    entries: Vec<Vec<u8>>,
+    reply: tokio::sync::oneshot::Sender<Result<Offset, LogError>>,
+}
+
+/// Appends at most this many requests in one transaction.
+const GROUP_COMMIT_MAX: usize = 1024;
+
+/// The writer thread: takes the queued appends, writes all of them in one
+/// transaction and syncs once (group commit), then answers each. Concurrent
+/// producers thus share the cost of a sync. Stops when the last `DiskLog`
+/// clone is gone.
+fn append_writer(inner: std::sync::Weak<Inner>, queue: std::sync::mpsc::Receiver<AppendRequest>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < GROUP_COMMIT_MAX {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let Some(inner) = inner.upgrade() else {
+            for request in batch {
+                let _ = request.reply.send(Err(LogError::Storage {
+                    log: request.log,
+                    message: "the log was closed".to_owned(),
+                    source: None,
+                }));
+            }
+            return;
+        };
+        write_batch(&inner, batch);
+    }
+}
+
+fn write_batch(inner: &Inner, batch: Vec<AppendRequest>) {
+    let _writer = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
+    let name = inner.path.display().to_string();
+    let fail_all = |batch: Vec<AppendRequest>, error: &LogError| {
+        for request in batch {
+            let _ = request.reply.send(Err(LogError::Storage {
+                log: request.log,
+                message: error.to_string(),
+                source: None,
+            }));
+        }
+    };
+    let txn = match inner
+        .db
+        .begin_write()
+        .ctx(&name, "cannot begin a transaction")
+    {
+        Ok(txn) => txn,
+        Err(e) => return fail_all(batch, &e),
+    };
+    // Each request's outcome, and each log's end after the batch.
+    let mut outcomes: Vec<Result<Offset, LogError>> = Vec::with_capacity(batch.len());
+    let mut ends: HashMap<String, Offset> = HashMap::new();
+    let mut dirty = false;
+    for request in &batch {
+        let outcome = append_in(&txn, &request.log, &request.entries, inner.capacity);
+        if let Ok((first, next, wrote)) = &outcome {
+            ends.insert(request.log.clone(), *next);
+            dirty |= *wrote || first != next;
+        }
+        outcomes.push(outcome.map(|(first, _, _)| first));
+    }
+    let committed = if dirty {
+        txn.commit().ctx(&name, "cannot commit")
+    } else {
+        txn.abort().ctx(&name, "cannot abort")
+    };
+    if let Err(e) = committed {
+        return fail_all(batch, &e);
+    }
+    {
+        let mut senders = inner.ends.lock().unwrap_or_else(PoisonError::into_inner);
+        for (log, next) in ends {
+            senders
+                .entry(log)
+                .or_insert_with(|| watch::channel(next).0)
+                .send_replace(next);
+        }
+    }
+    for (request, outcome) in batch.into_iter().zip(outcomes) {
+        let _ = request.reply.send(outcome);
+    }
+}
+
+/// One append inside the batch's transaction: `(first, next, wrote events)`.
+fn append_in(
+    txn: &WriteTransaction,
+    log: &str,
+    entries: &[Vec<u8>],
+    capacity: usize,
+) -> Result<(Offset, Offset, bool), LogError> {
+    let mut logs = txn.open_table(LOGS).ctx(log, "cannot open logs")?;
+    let (base, first) = meta(&logs, log)?;
+    let kept = first - base;
+    let count = entries.len() as u64;
+    if kept.saturating_add(count) > capacity as u64 {
+        return Err(LogError::Storage {
+            log: log.to_owned(),
+            message: format!("full: {kept} events wait for a slow consumer (capacity {capacity})"),
+            source: None,
+        });
+    }
+    let next = first + count;
+    let consumers = {
+        let cursors = txn.open_table(CURSORS).ctx(log, "cannot open cursors")?;
+        !cursors_of(&cursors, log)?.is_empty()
+    };
+    if consumers {
+        let mut events = txn.open_table(EVENTS).ctx(log, "cannot open events")?;
+        for (offset, bytes) in (first..).zip(entries) {
+            events
+                .insert((log, offset), bytes.as_slice())
+                .ctx(log, "cannot write an event")?;
+        }
+        logs.insert(log, (base, next))
+            .ctx(log, "cannot write the log")?;
+    } else {
+        // Nobody would ever read them: InMemoryLog trims them at once, so
+        // they are not even written.
+        logs.insert(log, (next, next))
+            .ctx(log, "cannot write the log")?;
+    }
+    Ok((first, next, count > 0))
 }
 
 /// `log`'s (oldest kept, next) offsets, or `NotFound`.
@@ -405,49 +538,37 @@ impl EventLog for DiskLog {
     }
 
     async fn append(&self, log: &str, entries: Vec<Entry>) -> Result<Offset, LogError> {
-        let capacity = self.inner.capacity;
-        self.write(log, move |txn, log| {
-            let mut logs = txn.open_table(LOGS).ctx(log, "cannot open logs")?;
-            let (base, first) = meta(&logs, log)?;
-            let kept = first - base;
-            let count = entries.len() as u64;
-            if kept.saturating_add(count) > capacity as u64 {
-                return Err(LogError::Storage {
-                    log: log.to_owned(),
-                    message: format!(
-                        "full: {kept} events wait for a slow consumer (capacity {capacity})"
-                    ),
-                    source: None,
-                });
-            }
-            let next = first + count;
-            let consumers = {
-                let cursors = txn.open_table(CURSORS).ctx(log, "cannot open cursors")?;
-                !cursors_of(&cursors, log)?.is_empty()
-            };
-            if consumers {
-                let mut events = txn.open_table(EVENTS).ctx(log, "cannot open events")?;
-                for (offset, entry) in (first..).zip(entries) {
-                    let bytes = encode(entry).ctx(log, "cannot encode an event")?;
-                    events
-                        .insert((log, offset), bytes.as_slice())
-                        .ctx(log, "cannot write an event")?;
-                }
-                logs.insert(log, (base, next))
-                    .ctx(log, "cannot write the log")?;
-            } else {
-                // Nobody would ever read them: InMemoryLog trims them at
-                // once, so they are not even written.
-                logs.insert(log, (next, next))
-                    .ctx(log, "cannot write the log")?;
-            }
-            Ok(Written {
-                value: first,
-                dirty: count > 0,
-                end: EndUpdate::Set(next),
+        // Encode before queueing: the writer thread only writes.
+        let mut encoded = Vec::with_capacity(entries.len());
+        for entry in entries {
+            encoded.push(encode(entry).ctx(log, "cannot encode an event")?);
+        }
+        let (reply, replied) = tokio::sync::oneshot::channel();
+        let request = AppendRequest {
+            log: log.to_owned(),
+            entries: encoded,
+            reply,
+        };
+        let sent = self
+            .inner
+            .appends
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .send(request);
+        if sent.is_err() {
+            return Err(LogError::Storage {
+                log: log.to_owned(),
+                message: "the writer thread stopped".to_owned(),
+                source: None,
+            });
+        }
+        replied.await.unwrap_or_else(|_| {
+            Err(LogError::Storage {
+                log: log.to_owned(),
+                message: "the writer thread stopped".to_owned(),
+                source: None,
             })
         })
-        .await
     }
 
     async fn read(&self, log: &str, from: Offset, max: usize) -> Result<Vec<Record>, LogError> {
