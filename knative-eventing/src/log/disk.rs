@@ -1,6 +1,12 @@
 //! [`DiskLog`]: an [`EventLog`] in one database file, kept by the embedded
 //! [`redb`] key-value store.
 //!
+//! Why redb: a pure-Rust, well-maintained embedded store with ACID write
+//! transactions that are synced to disk before `commit` returns, crash
+//! recovery on open, one file, and ordered keys (so a log is a key range
+//! and trimming is a range delete) — what a durable event log needs,
+//! without a hand-rolled file format or a C dependency.
+//!
 //! Three tables hold everything:
 //!
 //! - `logs`: log name → (oldest kept offset, next offset);
@@ -10,7 +16,8 @@
 //! Every change is one write transaction, committed with redb's default
 //! durability (the file is fsync'd before the commit returns): when
 //! [`EventLog::append`] returns, its events survive a crash of the process
-//! or of the machine. The semantics are [`InMemoryLog`]'s (capacity,
+//! or of the machine. Concurrent appends are grouped into one transaction
+//! (group commit), so many producers share each sync. The semantics are [`InMemoryLog`]'s (capacity,
 //! cursors, trimming behind the slowest consumer, `Discarded`), so the two
 //! are interchangeable.
 //!
@@ -44,7 +51,11 @@ const CACHE_SIZE: usize = 64 * 1024 * 1024;
 /// each log keeps at most its capacity of events that some consumer has
 /// not committed yet, and appends beyond it fail.
 ///
-/// Cloning is cheap: clones share the open database. The blocking disk
+/// Appends are written by one writer thread that takes every append
+/// queued meanwhile into the same transaction and syncs once (group
+/// commit): each append still returns only after its events are on disk,
+/// and concurrent producers share the sync. Cloning is cheap: clones share
+/// the open database; the thread stops with the last clone. Other disk
 /// work runs on tokio's blocking threads, so the methods must be called
 /// inside a tokio runtime.
 #[derive(Clone)]
