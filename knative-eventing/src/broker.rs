@@ -654,6 +654,7 @@ async fn dispatch(
     };
     let mut committed = cursor;
     let mut last_commit = cursor;
+    let mut commit: Option<JoinHandle<(Offset, Result<(), LogError>)>> = None;
     let mut done: BTreeSet<Offset> = BTreeSet::new();
     let mut in_flight = FuturesUnordered::new();
     loop {
@@ -706,15 +707,31 @@ async fn dispatch(
                 while done.remove(&committed) {
                     committed += 1;
                 }
-                // Commit in batches of 64, and whenever the window drains.
-                if committed > last_commit
+                // Commit in batches of 64, and whenever the window drains;
+                // in the background, one at a time, so that a slow (synced)
+                // commit does not hold up deliveries.
+                if commit.is_none()
+                    && committed > last_commit
                     && (in_flight.is_empty() || committed >= last_commit + 64)
                 {
-                    match log.commit(&log_name, &consumer, committed).await {
-                        Ok(()) => last_commit = committed,
-                        Err(LogError::NotFound(_)) => return,
-                        Err(e) => warn!(error = %e, "commit failed; will commit again later"),
-                    }
+                    commit = Some(spawn_commit(&log, &log_name, &consumer, committed));
+                }
+            }
+            Some(result) = async {
+                match commit.as_mut() {
+                    Some(task) => Some(task.await),
+                    None => None,
+                }
+            }, if commit.is_some() => {
+                commit = None;
+                match result {
+                    Ok((at, Ok(()))) => last_commit = last_commit.max(at),
+                    Ok((_, Err(LogError::NotFound(_)))) => return,
+                    Ok((_, Err(e))) => warn!(error = %e, "commit failed; will commit again later"),
+                    Err(e) => warn!(error = %e, "the commit task failed; will commit again later"),
+                }
+                if in_flight.is_empty() && committed > last_commit {
+                    commit = Some(spawn_commit(&log, &log_name, &consumer, committed));
                 }
             }
             changed = end.changed(), if in_flight.len() < max_in_flight => {
@@ -729,6 +746,17 @@ async fn dispatch(
             }
         }
     }
+}
+
+/// Commits `consumer`'s cursor at `at` on a task of its own.
+fn spawn_commit(
+    log: &Arc<dyn EventLog>,
+    log_name: &str,
+    consumer: &str,
+    at: Offset,
+) -> JoinHandle<(Offset, Result<(), LogError>)> {
+    let (log, log_name, consumer) = (Arc::clone(log), log_name.to_owned(), consumer.to_owned());
+    tokio::spawn(async move { (at, log.commit(&log_name, &consumer, at).await) })
 }
 
 /// One event through one trigger; returns its offset when done.
