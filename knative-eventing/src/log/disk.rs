@@ -244,7 +244,7 @@ fn append_writer(inner: std::sync::Weak<Inner>, queue: std::sync::mpsc::Receiver
                 Err(_) => break,
             }
         }
-        let Some(inner) = inner.upgrade() else {
+        let Some(strong) = inner.upgrade() else {
             for request in batch {
                 let _ = request.reply.send(Err(LogError::Storage {
                     log: request.log,
@@ -254,21 +254,37 @@ fn append_writer(inner: std::sync::Weak<Inner>, queue: std::sync::mpsc::Receiver
             }
             return;
         };
-        write_batch(&inner, batch);
+        let replies = write_batch(&strong, batch);
+        // Let go of the database before answering: a caller that drops its
+        // `DiskLog` right after its append must be able to reopen the file.
+        drop(strong);
+        for (reply, outcome) in replies {
+            let _ = reply.send(outcome);
+        }
     }
 }
 
-fn write_batch(inner: &Inner, batch: Vec<AppendRequest>) {
+/// An answer to send once the batch is done.
+type Reply = (
+    tokio::sync::oneshot::Sender<Result<Offset, LogError>>,
+    Result<Offset, LogError>,
+);
+
+fn write_batch(inner: &Inner, batch: Vec<AppendRequest>) -> Vec<Reply> {
     let _writer = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
     let name = inner.path.display().to_string();
-    let fail_all = |batch: Vec<AppendRequest>, error: &LogError| {
-        for request in batch {
-            let _ = request.reply.send(Err(LogError::Storage {
-                log: request.log,
-                message: error.to_string(),
-                source: None,
-            }));
-        }
+    let fail_all = |batch: Vec<AppendRequest>, error: &LogError| -> Vec<Reply> {
+        batch
+            .into_iter()
+            .map(|request| {
+                let outcome = Err(LogError::Storage {
+                    log: request.log,
+                    message: error.to_string(),
+                    source: None,
+                });
+                (request.reply, outcome)
+            })
+            .collect()
     };
     let txn = match inner
         .db
@@ -307,9 +323,11 @@ fn write_batch(inner: &Inner, batch: Vec<AppendRequest>) {
                 .send_replace(next);
         }
     }
-    for (request, outcome) in batch.into_iter().zip(outcomes) {
-        let _ = request.reply.send(outcome);
-    }
+    batch
+        .into_iter()
+        .zip(outcomes)
+        .map(|(request, outcome)| (request.reply, outcome))
+        .collect()
 }
 
 /// One append inside the batch's transaction: `(first, next, wrote events)`.
