@@ -448,11 +448,13 @@ async fn run(
         let (output, active, current) = {
             let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
             let s = &mut *s;
+            let concurrency = s.concurrency.stable_and_panic(now);
+            let rps = s.rps.stable_and_panic(now);
             let metrics = MetricSnapshot {
-                stable_concurrency: s.concurrency.stable_and_panic(now).map(|(v, _)| v),
-                panic_concurrency: s.concurrency.stable_and_panic(now).map(|(_, v)| v),
-                stable_rps: s.rps.stable_and_panic(now).map(|(v, _)| v),
-                panic_rps: s.rps.stable_and_panic(now).map(|(_, v)| v),
+                stable_concurrency: concurrency.map(|(v, _)| v),
+                panic_concurrency: concurrency.map(|(_, v)| v),
+                stable_rps: rps.map(|(v, _)| v),
+                panic_rps: rps.map(|(_, v)| v),
             };
             let output = s.policy.decide(&PolicyInput {
                 now,

@@ -199,6 +199,21 @@ struct HostIndex {
 }
 
 impl HostIndex {
+    /// Every revision some host sends traffic to (main splits and tags).
+    fn revisions(&self) -> std::collections::HashSet<WorkloadKey> {
+        self.hosts
+            .values()
+            .flat_map(|r| {
+                r.split
+                    .targets
+                    .iter()
+                    .chain(r.tags.values().flat_map(|s| s.targets.iter()))
+                    .map(|(k, _)| k.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     fn build(
         tables: &std::collections::BTreeMap<knative_core::store::ObjectKey, TrafficTable>,
     ) -> Self {
@@ -331,19 +346,8 @@ impl Dataplane {
                 let tables = routes.borrow_and_update().clone();
                 let Some(inner) = weak.upgrade() else { return };
                 let index = HostIndex::build(&tables);
-                let wanted: Vec<WorkloadKey> = index
-                    .hosts
-                    .values()
-                    .flat_map(|r| {
-                        r.split.targets.iter().map(|(k, _)| k.clone()).chain(
-                            r.tags
-                                .values()
-                                .flat_map(|s| s.targets.iter().map(|(k, _)| k.clone())),
-                        )
-                    })
-                    .collect();
+                let wanted = index.revisions();
                 *inner.hosts.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(index);
-                let wanted: std::collections::HashSet<WorkloadKey> = wanted.into_iter().collect();
                 inner.retain_paths(&wanted);
                 for key in wanted {
                     Inner::path(&inner, &key).await;
@@ -614,19 +618,10 @@ impl Inner {
 
     /// Revisions the routes send traffic to.
     fn routed(&self) -> std::collections::HashSet<WorkloadKey> {
-        let index = Arc::clone(&self.hosts.read().unwrap_or_else(PoisonError::into_inner));
-        index
-            .hosts
-            .values()
-            .flat_map(|r| {
-                r.split
-                    .targets
-                    .iter()
-                    .chain(r.tags.values().flat_map(|s| s.targets.iter()))
-                    .map(|(k, _)| k.clone())
-                    .collect::<Vec<_>>()
-            })
-            .collect()
+        self.hosts
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .revisions()
     }
 
     fn destinations(&self, path: &RevisionPath, ready: &[Endpoint]) -> Vec<Replica> {

@@ -113,16 +113,9 @@ pub fn forward_error_response(error: &hyper::Error, who: &str) -> Response<Body>
         }
         source = e.source();
     }
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
     text_response(
         StatusCode::BAD_GATEWAY,
-        format_args!("{who}: the app failed: {message}"),
+        format_args!("{who}: the app failed: {}", super::error_chain(error)),
     )
 }
 

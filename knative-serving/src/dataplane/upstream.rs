@@ -54,15 +54,7 @@ impl std::fmt::Display for ForwardError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ForwardError::Unsent { error, .. } => write!(f, "could not connect: {error}"),
-            ForwardError::Failed(e) => {
-                write!(f, "{e}")?;
-                let mut source = std::error::Error::source(e);
-                while let Some(s) = source {
-                    write!(f, ": {s}")?;
-                    source = s.source();
-                }
-                Ok(())
-            }
+            ForwardError::Failed(e) => f.write_str(&super::error_chain(e)),
         }
     }
 }
