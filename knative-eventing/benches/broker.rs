@@ -3,16 +3,21 @@
 //!
 //! Run: `cargo bench -p knative-eventing --bench broker`
 //! (`-- --seconds N` to measure longer than 5 s per row; environment
-//! `ROWS=1x1,10x1` picks rows as triggers×events-per-request,
+//! `ROWS=1x1,10x1,1x1@5000` picks rows as triggers×events-per-request,
+//! with `@RATE` for producers paced at RATE events/s in all,
 //! `MAX_IN_FLIGHT=n` the dispatchers' window, and `LOG=disk` the durable
-//! `DiskLog` instead of the in-memory log).
+//! `DiskLog` instead of the in-memory log, `CESQL=off` skips the CESQL row).
 //!
 //! Producers post binary-mode events (one per request as upstream's
 //! ingress takes them, or 100 per batched request) on 32 keep-alive
 //! connections in a closed loop; every trigger matches every event and
 //! delivers to one subscriber server that counts deliveries and reads the
 //! send time the producer put in an extension. Everything shares this
-//! machine's cores: producers, ingress, dispatchers and subscriber.
+//! machine's cores: producers, ingress, dispatchers and subscriber; the
+//! broker (ingress, log, dispatchers and their HTTP client) runs on a
+//! runtime of its own, and its CPU time (the process's, less the load
+//! runtime's threads) per delivery is the last column: the number to
+//! compare with upstream's ≈ 660 µs per event (`specs/EVENTING.md §8`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -91,14 +96,60 @@ fn event(n: u64, sent: u64) -> cloudevents::Event {
         .expect("event")
 }
 
+/// Threads of the load runtime (producers and subscriber), as
+/// `/proc/self/task/TID` paths, so that the broker's share of the
+/// process's CPU time can be told apart.
+type Threads = Arc<Mutex<Vec<std::path::PathBuf>>>;
+
+/// CPU time of the whole process so far, in ns (`/proc/self/stat`:
+/// utime + stime, in clock ticks of 10 ms).
+fn process_cpu_ns() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of stat; 12 and 13 after ')'.
+    (ticks(11) + ticks(12)) * 10_000_000
+}
+
+/// CPU time of the given threads so far, in ns (`schedstat`).
+fn threads_cpu_ns(threads: &Threads) -> u64 {
+    threads
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter_map(|t| std::fs::read_to_string(t.join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 struct Row {
     ingress_events: u64,
     deliveries: u64,
     p50: u32,
     p99: u32,
+    /// CPU time of everything but the load runtime, per delivery (µs).
+    broker_cpu_us: f64,
+    /// CPU time of the producers and the subscriber, per delivery (µs).
+    load_cpu_us: f64,
 }
 
-async fn run(triggers: usize, batch: usize, seconds: f64) -> Row {
+/// One row: `triggers` triggers, `batch` events per request, producers
+/// in a closed loop (`rate` None) or paced at `rate` events/s.
+async fn run(
+    broker_rt: tokio::runtime::Handle,
+    load_threads: Threads,
+    triggers: usize,
+    batch: usize,
+    rate: Option<u64>,
+    seconds: f64,
+) -> Row {
     let seen = Arc::new(Seen {
         count: AtomicU64::new(0),
         latencies: Mutex::new(Vec::new()),
@@ -106,71 +157,84 @@ async fn run(triggers: usize, batch: usize, seconds: f64) -> Row {
     });
     let sub = subscriber(Arc::clone(&seen)).await;
     // `LOG=disk`: the durable log in a temporary directory.
-    let _dir = tempfile::tempdir().expect("temp dir");
-    let log: Arc<dyn knative_eventing::log::EventLog> = match std::env::var("LOG").as_deref() {
-        Ok("disk") => Arc::new(
-            knative_eventing::log::disk::DiskLog::open(_dir.path().join("bench.redb"))
-                .expect("opens"),
-        ),
-        _ => Arc::new(InMemoryLog::new()),
-    };
-    let brokers = Brokers::new(
-        log,
-        IngressConfig {
-            limits: binding::Limits {
-                allow_batch: batch > 1,
-                ..binding::Limits::default()
-            },
-            ..IngressConfig::default()
-        },
-        DispatchConfig::default(),
-    );
-    brokers
-        .upsert_broker("bench", "default", None, None)
-        .await
-        .expect("broker");
-    let spec: TriggerSpec = serde_json::from_value(serde_json::json!({
-        "broker": "default", "subscriber": {"uri": format!("http://{sub}/")},
-        "filters": [{"prefix": {"type": "com.example."}}]
-    }))
-    .expect("spec");
-    for t in 0..triggers {
-        brokers
-            .upsert_trigger(
-                "bench",
-                "default",
-                &format!("t{t}"),
-                TriggerRoute {
-                    filter: Filter::for_trigger(&spec).expect("filter"),
-                    subscriber: format!("http://{sub}/"),
-                    delivery: None,
-                    dead_letter_sink: None,
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bench.redb");
+    // The broker (ingress, dispatchers, their HTTP client) runs on its own
+    // runtime: everything it spawns stays there.
+    let (brokers, ingress, stop_tx) = broker_rt
+        .spawn(async move {
+            let log: Arc<dyn knative_eventing::log::EventLog> =
+                match std::env::var("LOG").as_deref() {
+                    Ok("disk") => {
+                        Arc::new(knative_eventing::log::disk::DiskLog::open(path).expect("opens"))
+                    }
+                    _ => Arc::new(InMemoryLog::new()),
+                };
+            let brokers = Brokers::new(
+                log,
+                IngressConfig {
+                    limits: binding::Limits {
+                        allow_batch: batch > 1,
+                        ..binding::Limits::default()
+                    },
+                    ..IngressConfig::default()
                 },
-            )
-            .await
-            .expect("trigger");
-    }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                DispatchConfig {
+                    max_in_flight: std::env::var("MAX_IN_FLIGHT")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(DispatchConfig::default().max_in_flight),
+                    ..DispatchConfig::default()
+                },
+            );
+            brokers
+                .upsert_broker("bench", "default", None, None)
+                .await
+                .expect("broker");
+            let spec: TriggerSpec = serde_json::from_value(serde_json::json!({
+                "broker": "default", "subscriber": {"uri": format!("http://{sub}/")},
+                "filters": [{"prefix": {"type": "com.example."}}]
+            }))
+            .expect("spec");
+            for t in 0..triggers {
+                brokers
+                    .upsert_trigger(
+                        "bench",
+                        "default",
+                        &format!("t{t}"),
+                        TriggerRoute {
+                            filter: Filter::for_trigger(&spec).expect("filter"),
+                            subscriber: format!("http://{sub}/"),
+                            delivery: None,
+                            dead_letter_sink: None,
+                        },
+                    )
+                    .await
+                    .expect("trigger");
+            }
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("binds");
+            let ingress = listener.local_addr().expect("address");
+            let serving = brokers.clone();
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(async move {
+                let _ = serving
+                    .serve(listener, async {
+                        let _ = stop_rx.await;
+                    })
+                    .await;
+            });
+            (brokers, ingress, stop_tx)
+        })
         .await
-        .expect("binds");
-    let ingress = listener.local_addr().expect("address");
-    let serving = brokers.clone();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let _ = serving
-            .serve(listener, async {
-                let _ = stop_rx.await;
-            })
-            .await;
-    });
+        .expect("broker setup");
 
     let warmup = Duration::from_secs(1);
     let measure = Duration::from_secs_f64(seconds);
     let start = Instant::now();
     let sent = Arc::new(AtomicU64::new(0));
-    // Fewer producers when each event fans out to many triggers, so the
-    // subscriber side is what is measured, not a growing backlog.
-    let producers = if triggers >= 100 { 4 } else { 32 };
+    let producers = producers(triggers);
     let tasks: Vec<_> = (0..producers)
         .map(|p| {
             let seen = Arc::clone(&seen);
@@ -186,7 +250,17 @@ async fn run(triggers: usize, batch: usize, seconds: f64) -> Row {
                         .expect("handshake");
                 tokio::spawn(connection);
                 let mut n = p as u64 * 1_000_000_000;
+                // Paced producers send one request every `interval`, from a
+                // random phase so that they do not all send at once.
+                let interval = rate
+                    .map(|r| Duration::from_secs_f64(producers as f64 * batch as f64 / r as f64));
+                let mut next = Instant::now()
+                    + interval.map_or(Duration::ZERO, |i| i.mul_f64(fastrand_f64(p)));
                 while start.elapsed() < warmup + measure {
+                    if let Some(interval) = interval {
+                        tokio::time::sleep_until(next.into()).await;
+                        next += interval;
+                    }
                     let now = seen.epoch.elapsed().as_micros() as u64;
                     let events: Vec<_> = (0..batch).map(|i| event(n + i as u64, now)).collect();
                     n += batch as u64;
@@ -211,21 +285,34 @@ async fn run(triggers: usize, batch: usize, seconds: f64) -> Row {
                     if ok && start.elapsed() >= warmup {
                         sent.fetch_add(batch as u64, Ordering::Relaxed);
                     }
+                    if !ok {
+                        // The log is full (500): back off as a producer would.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                 }
             })
         })
         .collect();
-    // Count deliveries and latencies only inside the measured window.
+    // Count deliveries, latencies and CPU only inside the measured window.
     tokio::time::sleep_until((start + warmup).into()).await;
     let delivered_before = seen.count.load(Ordering::Relaxed);
+    let load_before = threads_cpu_ns(&load_threads);
+    let cpu_before = process_cpu_ns().saturating_sub(load_before);
     seen.latencies.lock().expect("lock").clear();
     tokio::time::sleep_until((start + warmup + measure).into()).await;
     let delivered = seen.count.load(Ordering::Relaxed) - delivered_before;
+    let load_after = threads_cpu_ns(&load_threads);
+    let broker_cpu = process_cpu_ns()
+        .saturating_sub(load_after)
+        .saturating_sub(cpu_before);
+    let load_cpu = load_after.saturating_sub(load_before);
     let mut latencies = std::mem::take(&mut *seen.latencies.lock().expect("lock"));
     for t in tasks {
         let _ = t.await;
     }
     let _ = stop_tx.send(());
+    drop(brokers);
+    drop(dir);
     latencies.sort_unstable();
     let pct = |p: f64| {
         latencies
@@ -238,7 +325,21 @@ async fn run(triggers: usize, batch: usize, seconds: f64) -> Row {
         deliveries: (delivered as f64 / measure.as_secs_f64()) as u64,
         p50: pct(0.50),
         p99: pct(0.99),
+        broker_cpu_us: broker_cpu as f64 / 1000.0 / delivered.max(1) as f64,
+        load_cpu_us: load_cpu as f64 / 1000.0 / delivered.max(1) as f64,
     }
+}
+
+/// Producers for a row: fewer when each event fans out to many triggers,
+/// so that the subscriber side is what is measured, not a growing backlog.
+fn producers(triggers: usize) -> usize {
+    if triggers >= 100 { 4 } else { 32 }
+}
+
+/// A fixed pseudo-random phase in [0, 1) for producer `p`.
+fn fastrand_f64(p: usize) -> f64 {
+    // The golden-ratio sequence spreads the producers evenly.
+    (p as f64 * 0.618_033_988_749_895).fract()
 }
 
 fn cesql_rate() -> f64 {
@@ -289,33 +390,72 @@ fn main() {
     );
     println!();
     println!(
-        "| triggers | events per request | events/s into the ingress | deliveries/s | p50 ms | p99 ms |"
+        "| triggers | events per request | producers | events/s into the ingress | deliveries/s | p50 ms | p99 ms | broker CPU µs per delivery | load CPU µs per delivery |"
     );
-    println!("|---|---|---|---|---|---|");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    println!("|---|---|---|---|---|---|---|---|---|");
+    // The load (producers, subscriber) and the broker on runtimes of
+    // their own, so that the broker's CPU time can be measured apart.
+    let load_threads: Threads = Arc::default();
+    let recorded = Arc::clone(&load_threads);
+    let load = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name("load")
+        .on_thread_start(move || {
+            if let Ok(path) = std::fs::read_link("/proc/thread-self") {
+                recorded
+                    .lock()
+                    .expect("lock")
+                    .push(std::path::Path::new("/proc").join(path));
+            }
+        })
         .enable_all()
         .build()
         .expect("runtime");
-    let rows: Vec<(usize, usize)> = match std::env::var("ROWS") {
-        Ok(rows) => rows
-            .split(',')
-            .filter_map(|r| {
-                let (t, b) = r.split_once('x')?;
-                Some((t.parse().ok()?, b.parse().ok()?))
-            })
-            .collect(),
-        Err(_) => vec![(1, 1), (1, 100), (10, 1), (100, 1)],
-    };
-    for (triggers, batch) in rows {
-        let row = runtime.block_on(run(triggers, batch, seconds));
+    let broker = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("broker")
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // Rows: `TRIGGERSxBATCH`, or `TRIGGERSxBATCH@RATE` for producers paced
+    // at RATE events/s in all (latency below saturation).
+    let rows: Vec<(usize, usize, Option<u64>)> = std::env::var("ROWS")
+        .unwrap_or_else(|_| "1x1,1x1@5000,1x1@15000,1x100,10x1,100x1".to_owned())
+        .split(',')
+        .filter_map(|r| {
+            let (shape, rate) = match r.split_once('@') {
+                Some((shape, rate)) => (shape, Some(rate.parse().ok()?)),
+                None => (r, None),
+            };
+            let (t, b) = shape.split_once('x')?;
+            Some((t.parse().ok()?, b.parse().ok()?, rate))
+        })
+        .collect();
+    for (triggers, batch, rate) in rows {
+        let row = load.block_on(run(
+            broker.handle().clone(),
+            Arc::clone(&load_threads),
+            triggers,
+            batch,
+            rate,
+            seconds,
+        ));
+        let producers = match rate {
+            Some(rate) => format!("{} at {rate} ev/s", producers(triggers)),
+            None => producers(triggers).to_string(),
+        };
         println!(
-            "| {triggers} | {batch} | {} | {} | {:.2} | {:.2} |",
+            "| {triggers} | {batch} | {producers} | {} | {} | {:.2} | {:.2} | {:.1} | {:.1} |",
             row.ingress_events,
             row.deliveries,
             f64::from(row.p50) / 1000.0,
-            f64::from(row.p99) / 1000.0
+            f64::from(row.p99) / 1000.0,
+            row.broker_cpu_us,
+            row.load_cpu_us,
         );
+    }
+    if std::env::var("CESQL").as_deref() == Ok("off") {
+        return;
     }
     println!();
     println!(

@@ -33,8 +33,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use cloudevents::event::ExtensionValue;
 use cloudevents::{AttributesReader, Event};
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
@@ -656,7 +654,12 @@ async fn dispatch(
     let mut last_commit = cursor;
     let mut commit: Option<JoinHandle<(Offset, Result<(), LogError>)>> = None;
     let mut done: BTreeSet<Offset> = BTreeSet::new();
-    let mut in_flight = FuturesUnordered::new();
+    // Each delivery is a task of its own, so that a busy trigger's
+    // deliveries spread over every core; the set aborts them when the
+    // dispatcher stops. A delivery that panicked still counts as done
+    // (by its task id), so the cursor never stalls behind it.
+    let mut in_flight: tokio::task::JoinSet<Offset> = tokio::task::JoinSet::new();
+    let mut offsets: HashMap<tokio::task::Id, Offset> = HashMap::new();
     loop {
         // Fill the window.
         while in_flight.len() < max_in_flight && cursor - committed < max_ahead {
@@ -691,16 +694,31 @@ async fn dispatch(
             let current = Arc::clone(&route.borrow_and_update());
             for record in records {
                 cursor = record.offset + 1;
-                in_flight.push(process(
-                    inner.clone(),
-                    log_name.clone(),
-                    Arc::clone(&current),
-                    record,
-                ));
+                let offset = record.offset;
+                let task = in_flight.spawn(
+                    process(
+                        inner.clone(),
+                        log_name.clone(),
+                        Arc::clone(&current),
+                        record,
+                    )
+                    .in_current_span(),
+                );
+                offsets.insert(task.id(), offset);
             }
         }
         tokio::select! {
-            Some(offset) = in_flight.next() => {
+            Some(finished) = in_flight.join_next_with_id() => {
+                let id = match &finished {
+                    Ok((id, _)) => *id,
+                    Err(e) => {
+                        warn!(error = %e, "a delivery task failed; its event counts as done");
+                        e.id()
+                    }
+                };
+                let Some(offset) = offsets.remove(&id) else {
+                    continue;
+                };
                 if offset >= committed {
                     done.insert(offset);
                 }
@@ -797,35 +815,53 @@ async fn process(
     let (namespace, name) = log_name.split_once('/').unwrap_or((&log_name, ""));
     let mut headers: Vec<(String, String)> = record.headers.to_vec();
     headers.push(("kn-namespace".to_owned(), namespace.to_owned()));
-    let outcome = inner
-        .sender
-        .deliver_with_headers(&outgoing, &target, &headers)
-        .await;
-    let broker_url = format!("broker:/{namespace}/{name}");
+    let broker_url = || format!("broker:/{namespace}/{name}");
+    // A reply that cannot be stored fails the whole delivery, which is
+    // retried (up to the retry count, with the backoff) like any other
+    // failure (§1.4); a reply at the end of its TTL is dropped.
+    let backoff = delivery::Backoff {
+        policy: target.retry.backoff,
+        one_based: target.one_based_backoff,
+    };
+    let mut store_failures = 0u32;
     // (failed destination, status, body)
-    let failure = match outcome {
-        Outcome::Delivered {
-            reply: Some(mut reply),
-            ..
-        } => {
-            // Same TTL as the event that caused it: the ingress takes one off.
-            if let Some(ttl) = ttl {
-                reply.set_extension(TTL, ttl);
-            }
-            match inner
-                .ingest(namespace, name, vec![Entry::from(*reply)])
-                .await
-            {
-                Ok(()) => None,
-                Err(e @ IngressError::TtlExpired { .. }) => {
-                    debug!(error = %e, "reply dropped at the TTL");
-                    Some((broker_url, Some(400), Bytes::from(e.to_string())))
+    let failure = loop {
+        let outcome = inner
+            .sender
+            .deliver_with_headers(&outgoing, &target, &headers)
+            .await;
+        match outcome {
+            Outcome::Delivered {
+                reply: Some(mut reply),
+                ..
+            } => {
+                // Same TTL as the event that caused it: the ingress takes one off.
+                if let Some(ttl) = &ttl {
+                    reply.set_extension(TTL, ttl.clone());
                 }
-                Err(e) => Some((broker_url, Some(500), Bytes::from(e.to_string()))),
+                match inner
+                    .ingest(namespace, name, vec![Entry::from(*reply)])
+                    .await
+                {
+                    Ok(()) => break None,
+                    Err(e @ IngressError::TtlExpired { .. }) => {
+                        debug!(error = %e, "reply dropped at the TTL");
+                        break Some((broker_url(), Some(400), Bytes::from(e.to_string())));
+                    }
+                    Err(e) if store_failures < target.retry.retry => {
+                        store_failures += 1;
+                        let wait = backoff.before_retry(store_failures);
+                        warn!(error = %e, ?wait, "storing the reply failed; the delivery will be retried");
+                        tokio::time::sleep(wait).await;
+                    }
+                    Err(e) => break Some((broker_url(), Some(500), Bytes::from(e.to_string()))),
+                }
+            }
+            Outcome::Delivered { reply: None, .. } => break None,
+            Outcome::Failed { status, body, .. } => {
+                break Some((route.subscriber.clone(), status, body));
             }
         }
-        Outcome::Delivered { reply: None, .. } => None,
-        Outcome::Failed { status, body, .. } => Some((route.subscriber.clone(), status, body)),
     };
     if let Some((destination, status, body)) = failure {
         let dls = route.dead_letter_sink.clone().or(broker_dls);

@@ -259,10 +259,11 @@ impl EventLog for InMemoryLog {
                     oldest: s.base,
                 });
             }
-            let start = usize::try_from(from - s.base).unwrap_or(usize::MAX);
+            let start = usize::try_from(from - s.base)
+                .unwrap_or(usize::MAX)
+                .min(s.events.len());
             Ok(s.events
-                .iter()
-                .skip(start)
+                .range(start..)
                 .take(max)
                 .enumerate()
                 .map(|(i, (event, headers))| Record {

@@ -155,11 +155,11 @@ struct Mesh {
 
 impl Mesh {
     async fn start(ingress: IngressConfig) -> Mesh {
-        let brokers = Brokers::new(
-            Arc::new(InMemoryLog::new()),
-            ingress,
-            DispatchConfig::default(),
-        );
+        Mesh::start_with_log(ingress, InMemoryLog::new()).await
+    }
+
+    async fn start_with_log(ingress: IngressConfig, log: InMemoryLog) -> Mesh {
+        let brokers = Brokers::new(Arc::new(log), ingress, DispatchConfig::default());
         brokers
             .upsert_broker("default", "default", None, None)
             .await
@@ -642,6 +642,49 @@ async fn an_event_that_cannot_be_delivered_goes_to_the_dead_letter_sink_with_the
         .decode(data)
         .expect("base64");
     assert_eq!(decoded, b"subscriber says no");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_that_cannot_be_stored_fails_the_whole_delivery_which_is_retried() {
+    // A log that holds one event: the one being delivered, so the reply
+    // cannot be appended while it is in flight.
+    let mesh = Mesh::start_with_log(IngressConfig::default(), InMemoryLog::with_capacity(1)).await;
+    let sub = Subscriber::start(Arc::new(|n, _: &Event| {
+        let reply = EventBuilderV10::new()
+            .id(format!("reply-{n}"))
+            .ty("reply")
+            .source("/replies")
+            .build()
+            .expect("reply");
+        (200, Some(reply))
+    }))
+    .await;
+    let dls = Subscriber::start(Subscriber::accepting()).await;
+    mesh.trigger(
+        "replier",
+        json!([{"exact": {"type": "order"}}]),
+        &sub,
+        Some(json!({"retry": 2, "deadLetterSink": {"uri": dls.url}})),
+    )
+    .await;
+    assert_eq!(
+        mesh.send(&event("o-1", "order", "/s")).await,
+        StatusCode::ACCEPTED
+    );
+    eventually("the dead letter", || dls.events().len() == 1).await;
+    assert_eq!(
+        sub.calls.load(Ordering::SeqCst),
+        3,
+        "the whole delivery ran 1 + 2 times"
+    );
+    let dead = &dls.events()[0];
+    assert_eq!(dead.id(), "o-1", "the original event is dead-lettered");
+    let ext = |name: &str| dead.extension(name).map(ToString::to_string);
+    assert_eq!(
+        ext("knativeerrordest"),
+        Some("broker:/default/default".to_owned())
+    );
+    assert_eq!(ext("knativeerrorcode"), Some("500".to_owned()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
