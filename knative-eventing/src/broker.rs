@@ -26,7 +26,7 @@
 //! delivered. It commits its cursor up to the first event not yet done,
 //! so a restart with a durable log re-delivers only unfinished events.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -43,8 +43,9 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::api::{DeliverySpec, RetryPolicy};
 use crate::binding;
 use crate::delivery::{self, Outcome, Sender, Target};
+use crate::dispatcher::{self, Delivery, Handler};
 use crate::filter::Filter;
-use crate::log::{Entry, EventLog, LogError, Offset, Record};
+use crate::log::{Entry, EventLog, LogError, Record};
 
 /// The TTL extension.
 pub const TTL: &str = "knativebrokerttl";
@@ -151,8 +152,21 @@ struct BrokerState {
 }
 
 struct TriggerState {
-    route: watch::Sender<Arc<TriggerRoute>>,
+    route: watch::Sender<Arc<dyn Handler>>,
     task: JoinHandle<()>,
+}
+
+/// One trigger's handling of a record: a [`TriggerRoute`] on its broker.
+struct TriggerHandler {
+    inner: std::sync::Weak<Inner>,
+    log_name: String,
+    route: TriggerRoute,
+}
+
+impl Handler for TriggerHandler {
+    fn handle(self: Arc<Self>, record: Record) -> Delivery {
+        Box::pin(async move { process(&self, record).await })
+    }
 }
 
 impl Drop for TriggerState {
@@ -287,7 +301,11 @@ impl Brokers {
                 name: broker.to_owned(),
             });
         };
-        let route = Arc::new(route);
+        let route: Arc<dyn Handler> = Arc::new(TriggerHandler {
+            inner: Arc::downgrade(&self.inner),
+            log_name: key.clone(),
+            route,
+        });
         if let Some(existing) = state.triggers.get(trigger)
             && !existing.task.is_finished()
         {
@@ -296,8 +314,14 @@ impl Brokers {
         }
         let (tx, rx) = watch::channel(route);
         let task = tokio::spawn(
-            dispatch(Arc::downgrade(&self.inner), key.clone(), consumer, rx)
-                .instrument(info_span!("dispatcher", broker = %key, trigger)),
+            dispatcher::run(
+                Arc::clone(&self.inner.log),
+                key.clone(),
+                consumer,
+                self.inner.dispatch.max_in_flight,
+                rx,
+            )
+            .instrument(info_span!("dispatcher", broker = %key, trigger)),
         );
         state
             .triggers
@@ -356,52 +380,12 @@ impl Brokers {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> std::io::Result<()> {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let mut connections = tokio::task::JoinSet::new();
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let this = self.clone();
-                    let mut stop = stop_rx.clone();
-                    connections.spawn(async move {
-                        let service = hyper::service::service_fn(move |request| {
-                            let this = this.clone();
-                            async move { Ok::<_, std::convert::Infallible>(this.handle(request).await) }
-                        });
-                        let connection = hyper::server::conn::http1::Builder::new()
-                            .header_read_timeout(Duration::from_secs(10))
-                            .timer(hyper_util::rt::TokioTimer::new())
-                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                        let mut connection = std::pin::pin!(connection);
-                        tokio::select! {
-                            _ = connection.as_mut() => {}
-                            () = async { let _ = stop.wait_for(|s| *s).await; } => {
-                                connection.as_mut().graceful_shutdown();
-                                let _ = connection.await;
-                            }
-                        }
-                    });
-                }
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            }
-        }
-        drop(listener);
-        let _ = stop_tx.send(true);
-        let drained = tokio::time::timeout(Duration::from_secs(30), async {
-            while connections.join_next().await.is_some() {}
+        let this = self.clone();
+        serve_http(listener, shutdown, move |request| {
+            let this = this.clone();
+            async move { this.handle(request).await }
         })
-        .await;
-        if drained.is_err() {
-            connections.shutdown().await;
-        }
-        Ok(())
+        .await
     }
 
     /// Answers one ingress request.
@@ -463,34 +447,9 @@ impl Brokers {
                 format!("path {path:?} is not /{{namespace}}/{{broker}}"),
             );
         }
-        let limits = &self.inner.ingress.limits;
-        let body = match Limited::new(body, limits.max_body_bytes).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => {
-                let too_large = e
-                    .downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some();
-                return if too_large {
-                    reply(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!("body: larger than {} bytes", limits.max_body_bytes),
-                    )
-                } else {
-                    reply(StatusCode::BAD_REQUEST, format!("body: {e}"))
-                };
-            }
-        };
-        let events = match binding::read_request(&parts.headers, &body, limits) {
-            Ok((_, events)) => events,
-            // Too large is 413; anything else undecodable is 400 (§1.3).
-            Err(e) => {
-                let status = if e.kind() == binding::BindingErrorKind::TooLarge {
-                    StatusCode::PAYLOAD_TOO_LARGE
-                } else {
-                    StatusCode::BAD_REQUEST
-                };
-                return reply(status, e.to_string());
-            }
+        let events = match read_events(&parts.headers, body, &self.inner.ingress.limits).await {
+            Ok(events) => events,
+            Err(response) => return response,
         };
         let headers = pass_through_headers(&parts.headers);
         let entries = events
@@ -517,7 +476,104 @@ impl Brokers {
     }
 }
 
-fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+/// Serves HTTP/1 on `listener` with `handle` until `shutdown`, then lets
+/// the requests in flight finish (30 s at most).
+pub(crate) async fn serve_http<H, F>(
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+    handle: H,
+) -> std::io::Result<()>
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let handle = handle.clone();
+                let mut stop = stop_rx.clone();
+                connections.spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let response = handle(request);
+                        async move { Ok::<_, std::convert::Infallible>(response.await) }
+                    });
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .header_read_timeout(Duration::from_secs(10))
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    let mut connection = std::pin::pin!(connection);
+                    tokio::select! {
+                        _ = connection.as_mut() => {}
+                        () = async { let _ = stop.wait_for(|s| *s).await; } => {
+                            connection.as_mut().graceful_shutdown();
+                            let _ = connection.await;
+                        }
+                    }
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(Duration::from_secs(30), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        connections.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Reads a request's body (within the limits) and the events in it; the
+/// error is the response to send: 413 when too large, 400 for anything
+/// else that is not valid CloudEvents (§1.3, §7).
+pub(crate) async fn read_events(
+    headers: &hyper::HeaderMap,
+    body: Incoming,
+    limits: &binding::Limits,
+) -> Result<Vec<Event>, Response<Full<Bytes>>> {
+    let body = match Limited::new(body, limits.max_body_bytes).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let too_large = e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            return Err(if too_large {
+                reply(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("body: larger than {} bytes", limits.max_body_bytes),
+                )
+            } else {
+                reply(StatusCode::BAD_REQUEST, format!("body: {e}"))
+            });
+        }
+    };
+    match binding::read_request(headers, &body, limits) {
+        Ok((_, events)) => Ok(events),
+        Err(e) => {
+            let status = if e.kind() == binding::BindingErrorKind::TooLarge {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            Err(reply(status, e.to_string()))
+        }
+    }
+}
+
+/// A plain-text response with `Allow: POST, OPTIONS`.
+pub(crate) fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let body: Bytes = body.into();
     let mut response = Response::new(Full::new(if body.is_empty() {
         body
@@ -619,172 +675,9 @@ impl Inner {
     }
 }
 
-/// A trigger's dispatcher: read, filter, deliver, commit.
-async fn dispatch(
-    inner: std::sync::Weak<Inner>,
-    log_name: String,
-    consumer: String,
-    mut route: watch::Receiver<Arc<TriggerRoute>>,
-) {
-    let Some(strong) = inner.upgrade() else {
-        return;
-    };
-    let log = Arc::clone(&strong.log);
-    let max_in_flight = strong.dispatch.max_in_flight.max(1);
-    drop(strong);
-    // Events read but not yet committed are bounded too: one stuck
-    // delivery must not let the window run ahead without limit.
-    let max_ahead = (max_in_flight as u64).saturating_mul(4);
-    let mut retry = Duration::from_millis(50);
-    let (mut end, mut cursor) = loop {
-        match (
-            log.end(&log_name),
-            log.committed(&log_name, &consumer).await,
-        ) {
-            (Ok(end), Ok(cursor)) => break (end, cursor),
-            (Err(LogError::NotFound(_)), _) | (_, Err(LogError::NotFound(_))) => return,
-            (Err(e), _) | (_, Err(e)) => {
-                warn!(error = %e, ?retry, "cannot open the log; retrying");
-                tokio::time::sleep(retry).await;
-                retry = (retry * 2).min(Duration::from_secs(5));
-            }
-        }
-    };
-    let mut committed = cursor;
-    let mut last_commit = cursor;
-    let mut commit: Option<JoinHandle<(Offset, Result<(), LogError>)>> = None;
-    let mut done: BTreeSet<Offset> = BTreeSet::new();
-    // Each delivery is a task of its own, so that a busy trigger's
-    // deliveries spread over every core; the set aborts them when the
-    // dispatcher stops. A delivery that panicked still counts as done
-    // (by its task id), so the cursor never stalls behind it.
-    let mut in_flight: tokio::task::JoinSet<Offset> = tokio::task::JoinSet::new();
-    let mut offsets: HashMap<tokio::task::Id, Offset> = HashMap::new();
-    loop {
-        // Fill the window.
-        while in_flight.len() < max_in_flight && cursor - committed < max_ahead {
-            let room = (max_in_flight - in_flight.len())
-                .min(usize::try_from(max_ahead - (cursor - committed)).unwrap_or(usize::MAX));
-            let records = match log.read(&log_name, cursor, room).await {
-                Ok(r) => r,
-                Err(LogError::Discarded { oldest, .. }) => {
-                    warn!(
-                        from = cursor,
-                        oldest, "events were discarded before this trigger read them"
-                    );
-                    cursor = oldest;
-                    if committed < oldest {
-                        committed = oldest;
-                        done = done.split_off(&committed);
-                    }
-                    continue;
-                }
-                Err(LogError::NotFound(_)) => return,
-                Err(e) => {
-                    warn!(error = %e, ?retry, "reading the log failed; retrying");
-                    tokio::time::sleep(retry).await;
-                    retry = (retry * 2).min(Duration::from_secs(5));
-                    break;
-                }
-            };
-            retry = Duration::from_millis(50);
-            if records.is_empty() {
-                break;
-            }
-            let current = Arc::clone(&route.borrow_and_update());
-            for record in records {
-                cursor = record.offset + 1;
-                let offset = record.offset;
-                let task = in_flight.spawn(
-                    process(
-                        inner.clone(),
-                        log_name.clone(),
-                        Arc::clone(&current),
-                        record,
-                    )
-                    .in_current_span(),
-                );
-                offsets.insert(task.id(), offset);
-            }
-        }
-        tokio::select! {
-            Some(finished) = in_flight.join_next_with_id() => {
-                let id = match &finished {
-                    Ok((id, _)) => *id,
-                    Err(e) => {
-                        warn!(error = %e, "a delivery task failed; its event counts as done");
-                        e.id()
-                    }
-                };
-                let Some(offset) = offsets.remove(&id) else {
-                    continue;
-                };
-                if offset >= committed {
-                    done.insert(offset);
-                }
-                while done.remove(&committed) {
-                    committed += 1;
-                }
-                // Commit in batches of 64, and whenever the window drains;
-                // in the background, one at a time, so that a slow (synced)
-                // commit does not hold up deliveries.
-                if commit.is_none()
-                    && committed > last_commit
-                    && (in_flight.is_empty() || committed >= last_commit + 64)
-                {
-                    commit = Some(spawn_commit(&log, &log_name, &consumer, committed));
-                }
-            }
-            Some(result) = async {
-                match commit.as_mut() {
-                    Some(task) => Some(task.await),
-                    None => None,
-                }
-            }, if commit.is_some() => {
-                commit = None;
-                match result {
-                    Ok((at, Ok(()))) => last_commit = last_commit.max(at),
-                    Ok((_, Err(LogError::NotFound(_)))) => return,
-                    Ok((_, Err(e))) => warn!(error = %e, "commit failed; will commit again later"),
-                    Err(e) => warn!(error = %e, "the commit task failed; will commit again later"),
-                }
-                if in_flight.is_empty() && committed > last_commit {
-                    commit = Some(spawn_commit(&log, &log_name, &consumer, committed));
-                }
-            }
-            changed = end.changed(), if in_flight.len() < max_in_flight => {
-                if changed.is_err() {
-                    return;
-                }
-            }
-            changed = route.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Commits `consumer`'s cursor at `at` on a task of its own.
-fn spawn_commit(
-    log: &Arc<dyn EventLog>,
-    log_name: &str,
-    consumer: &str,
-    at: Offset,
-) -> JoinHandle<(Offset, Result<(), LogError>)> {
-    let (log, log_name, consumer) = (Arc::clone(log), log_name.to_owned(), consumer.to_owned());
-    tokio::spawn(async move { (at, log.commit(&log_name, &consumer, at).await) })
-}
-
-/// One event through one trigger; returns its offset when done.
-async fn process(
-    inner: std::sync::Weak<Inner>,
-    log_name: String,
-    route: Arc<TriggerRoute>,
-    record: Record,
-) -> Offset {
-    let offset = record.offset;
+/// One event through one trigger.
+async fn process(handler: &TriggerHandler, record: Record) {
+    let (log_name, route) = (&handler.log_name, &handler.route);
     let event = &record.event;
     // The subscriber, and the filter, see the event without its TTL (as
     // upstream's filter handler removes it first).
@@ -792,12 +685,12 @@ async fn process(
     let mut outgoing = (**event).clone();
     outgoing.remove_extension(TTL);
     if !route.filter.evaluate(&outgoing).delivers() {
-        return offset;
+        return;
     }
-    let Some(inner) = inner.upgrade() else {
-        return offset;
+    let Some(inner) = handler.inner.upgrade() else {
+        return;
     };
-    let (broker_delivery, broker_dls) = inner.broker_delivery(&log_name);
+    let (broker_delivery, broker_dls) = inner.broker_delivery(log_name);
     let delivery = route.delivery.clone().or(broker_delivery);
     let policy: RetryPolicy = delivery
         .as_ref()
@@ -812,7 +705,7 @@ async fn process(
         format: delivery.as_ref().and_then(|d| d.format),
         one_based_backoff: inner.dispatch.one_based_backoff,
     };
-    let (namespace, name) = log_name.split_once('/').unwrap_or((&log_name, ""));
+    let (namespace, name) = log_name.split_once('/').unwrap_or((log_name, ""));
     let mut headers: Vec<(String, String)> = record.headers.to_vec();
     headers.push(("kn-namespace".to_owned(), namespace.to_owned()));
     let broker_url = || format!("broker:/{namespace}/{name}");
@@ -878,5 +771,4 @@ async fn process(
             }
         }
     }
-    offset
 }
