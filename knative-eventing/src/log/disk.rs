@@ -7,11 +7,18 @@
 //! and trimming is a range delete) — what a durable event log needs,
 //! without a hand-rolled file format or a C dependency.
 //!
-//! Three tables hold everything:
+//! Four tables hold everything:
 //!
 //! - `logs`: log name → (oldest kept offset, next offset);
-//! - `events`: (log name, offset) → the encoded event and its headers;
-//! - `cursors`: (log name, consumer) → the offset the consumer resumes at.
+//! - `events.v2`: (log name, offset) → the time it was appended, the
+//!   encoded event and its headers;
+//! - `cursors`: (log name, consumer) → the offset the consumer resumes at;
+//! - `sizes`: log name → the bytes of the events it keeps.
+//!
+//! Events go when every consumer is past them; with a [`Retention`], also
+//! when they are older than its maximum age (the writer thread sweeps
+//! them) or when the log holds more than its maximum bytes (the oldest go
+//! at the append that overflows).
 //!
 //! Every change is one write transaction, committed with redb's default
 //! durability (the file is fsync'd before the commit returns): when
@@ -38,13 +45,53 @@ use super::{DEFAULT_CAPACITY, Entry, EventLog, LogError, Offset, Record};
 
 /// Log name → (oldest kept offset, next offset).
 const LOGS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("logs");
-/// (log name, offset) → encoded event (see [`encode`]).
-const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
+/// (log name, offset) → encoded event (see [`encode`]), after the time it
+/// was appended.
+const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events.v2");
+/// Log name → bytes of the events it keeps (for [`Retention::max_bytes`]).
+const SIZES: TableDefinition<&str, u64> = TableDefinition::new("sizes");
 /// (log name, consumer) → the offset the consumer resumes at.
 const CURSORS: TableDefinition<(&str, &str), u64> = TableDefinition::new("cursors");
 
 /// The page cache redb keeps in memory (its own default is 1 GiB).
 const CACHE_SIZE: usize = 64 * 1024 * 1024;
+
+/// How long a [`DiskLog`] keeps events that consumers have not committed
+/// yet. Without retention (the default) an event stays until every
+/// consumer is past it, and a full log (see [`DiskLogConfig::capacity`])
+/// refuses appends: nothing accepted is ever dropped. With retention, the
+/// oldest events go when they are older than `max_age`, or when the log
+/// holds more than `max_bytes`, read or not (as a JetStream stream with
+/// limits does): a consumer that falls that far behind skips them, and its
+/// dispatcher logs how many it lost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Events older than this (since their append) are discarded.
+    pub max_age: Option<std::time::Duration>,
+    /// The bytes of stored events a log keeps at most; the oldest go
+    /// first. An append larger than this by itself is refused.
+    pub max_bytes: Option<u64>,
+}
+
+/// How a [`DiskLog`] is set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskLogConfig {
+    /// Events a log keeps at most that some consumer has not committed;
+    /// appends beyond it fail (the ingress answers 500 and the producer
+    /// retries later).
+    pub capacity: usize,
+    /// Age and size limits (none by default).
+    pub retention: Retention,
+}
+
+impl Default for DiskLogConfig {
+    fn default() -> Self {
+        DiskLogConfig {
+            capacity: DEFAULT_CAPACITY,
+            retention: Retention::default(),
+        }
+    }
+}
 
 /// An [`EventLog`] in a database file: what [`EventLog::append`] accepted
 /// survives restarts and crashes. Like [`InMemoryLog`](super::InMemoryLog),
@@ -67,6 +114,7 @@ struct Inner {
     db: Database,
     path: PathBuf,
     capacity: usize,
+    retention: Retention,
     /// One sender per existing log, following its next offset. Changed only
     /// with `writer` held, right after the transaction that moved the end.
     ends: Mutex<HashMap<String, watch::Sender<Offset>>>,
@@ -119,6 +167,18 @@ impl DiskLog {
         path: impl AsRef<Path>,
         capacity: usize,
     ) -> Result<DiskLog, LogError> {
+        DiskLog::open_with(
+            path,
+            DiskLogConfig {
+                capacity,
+                ..DiskLogConfig::default()
+            },
+        )
+    }
+
+    /// Like [`DiskLog::open`], with a capacity and retention limits.
+    pub fn open_with(path: impl AsRef<Path>, config: DiskLogConfig) -> Result<DiskLog, LogError> {
+        let capacity = config.capacity;
         let path = path.as_ref().to_path_buf();
         let name = path.display().to_string();
         let db = Database::builder()
@@ -131,6 +191,7 @@ impl DiskLog {
         {
             txn.open_table(EVENTS).ctx(&name, "cannot open events")?;
             txn.open_table(CURSORS).ctx(&name, "cannot open cursors")?;
+            txn.open_table(SIZES).ctx(&name, "cannot open sizes")?;
             let logs = txn.open_table(LOGS).ctx(&name, "cannot open logs")?;
             for row in logs.iter().ctx(&name, "cannot list logs")? {
                 let (log, meta) = row.ctx(&name, "cannot list logs")?;
@@ -144,6 +205,7 @@ impl DiskLog {
             db,
             path,
             capacity: capacity.max(1),
+            retention: config.retention,
             ends: Mutex::new(ends),
             writer: Mutex::new(()),
             appends: Mutex::new(appends),
@@ -168,6 +230,21 @@ impl DiskLog {
             let logs = txn.open_table(LOGS).ctx(log, "cannot open logs")?;
             let (base, next) = meta(&logs, log)?;
             Ok(next - base)
+        })
+        .await
+    }
+
+    /// Bytes of the events currently kept in `log`.
+    pub async fn size(&self, log: &str) -> Result<u64, LogError> {
+        self.blocking(log, |inner, log| {
+            let txn = inner.db.begin_read().ctx(log, "cannot begin a read")?;
+            let logs = txn.open_table(LOGS).ctx(log, "cannot open logs")?;
+            meta(&logs, log)?;
+            let sizes = txn.open_table(SIZES).ctx(log, "cannot open sizes")?;
+            Ok(sizes
+                .get(log)
+                .ctx(log, "cannot read a size")?
+                .map_or(0, |v| v.value()))
         })
         .await
     }
@@ -236,7 +313,40 @@ const GROUP_COMMIT_MAX: usize = 1024;
 /// producers thus share the cost of a sync. Stops when the last `DiskLog`
 /// clone is gone.
 fn append_writer(inner: std::sync::Weak<Inner>, queue: std::sync::mpsc::Receiver<AppendRequest>) {
-    while let Ok(first) = queue.recv() {
+    // With a maximum age, the writer also sweeps expired events, a tenth
+    // of the age apart (10 ms to 1 s).
+    let sweep_every = inner
+        .upgrade()
+        .and_then(|i| i.retention.max_age)
+        .map(|age| {
+            (age / 10).clamp(
+                std::time::Duration::from_millis(10),
+                std::time::Duration::from_secs(1),
+            )
+        });
+    let mut last_sweep = std::time::Instant::now();
+    loop {
+        let first = match sweep_every {
+            None => match queue.recv() {
+                Ok(first) => first,
+                Err(_) => return,
+            },
+            Some(every) => {
+                let wait = every.saturating_sub(last_sweep.elapsed());
+                match queue.recv_timeout(wait) {
+                    Ok(first) => first,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        let Some(strong) = inner.upgrade() else {
+                            return;
+                        };
+                        sweep(&strong);
+                        last_sweep = std::time::Instant::now();
+                        continue;
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < GROUP_COMMIT_MAX {
             match queue.try_recv() {
@@ -255,6 +365,10 @@ fn append_writer(inner: std::sync::Weak<Inner>, queue: std::sync::mpsc::Receiver
             return;
         };
         let replies = write_batch(&strong, batch);
+        if sweep_every.is_some_and(|every| last_sweep.elapsed() >= every) {
+            sweep(&strong);
+            last_sweep = std::time::Instant::now();
+        }
         // Let go of the database before answering: a caller that drops its
         // `DiskLog` right after its append must be able to reopen the file.
         drop(strong);
@@ -262,6 +376,118 @@ fn append_writer(inner: std::sync::Weak<Inner>, queue: std::sync::mpsc::Receiver
             let _ = reply.send(outcome);
         }
     }
+}
+
+/// Discards, in every log, the events older than the retention's
+/// maximum age (one transaction; nothing is synced when nothing expired).
+fn sweep(inner: &Inner) {
+    let Some(max_age) = inner.retention.max_age else {
+        return;
+    };
+    let name = inner.path.display().to_string();
+    let _writer = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
+    let oldest_kept =
+        now_ms().saturating_sub(u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX));
+    let result = (|| -> Result<(), LogError> {
+        let txn = inner
+            .db
+            .begin_write()
+            .ctx(&name, "cannot begin a transaction")?;
+        let logs: Vec<(String, (u64, u64))> = {
+            let table = txn.open_table(LOGS).ctx(&name, "cannot open logs")?;
+            let mut logs = Vec::new();
+            for row in table.iter().ctx(&name, "cannot list logs")? {
+                let (log, meta) = row.ctx(&name, "cannot list logs")?;
+                logs.push((log.value().to_owned(), meta.value()));
+            }
+            logs
+        };
+        let mut dirty = false;
+        for (log, (base, next)) in logs {
+            let (new_base, _) =
+                discard_front(&txn, &log, base, next, |stamp, _| stamp >= oldest_kept)?;
+            if new_base != base {
+                tracing::debug!(log, discarded = new_base - base, "events expired");
+                dirty = true;
+            }
+        }
+        if dirty {
+            txn.commit().ctx(&name, "cannot commit")
+        } else {
+            txn.abort().ctx(&name, "cannot abort")
+        }
+    })();
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "discarding expired events failed; will try again");
+    }
+}
+
+/// Discards the oldest events of `log` until `keep(stamp, bytes)` holds
+/// for the oldest one left, whatever the cursors; returns the new oldest
+/// offset and the bytes freed.
+fn discard_front(
+    txn: &WriteTransaction,
+    log: &str,
+    base: Offset,
+    next: Offset,
+    mut keep: impl FnMut(u64, u64) -> bool,
+) -> Result<(Offset, u64), LogError> {
+    let mut new_base = base;
+    let mut freed = 0u64;
+    {
+        let events = txn.open_table(EVENTS).ctx(log, "cannot open events")?;
+        for row in events
+            .range((log, base)..(log, next))
+            .ctx(log, "cannot read events")?
+        {
+            let (key, value) = row.ctx(log, "cannot read an event")?;
+            let value = value.value();
+            let len = value.len() as u64;
+            if keep(stamp(value), len) {
+                break;
+            }
+            new_base = key.value().1 + 1;
+            freed += len;
+        }
+    }
+    if new_base == base {
+        return Ok((base, 0));
+    }
+    let mut events = txn.open_table(EVENTS).ctx(log, "cannot open events")?;
+    events
+        .retain_in((log, base)..(log, new_base), |_, _| false)
+        .ctx(log, "cannot discard events")?;
+    let mut logs = txn.open_table(LOGS).ctx(log, "cannot open logs")?;
+    logs.insert(log, (new_base, next))
+        .ctx(log, "cannot write the log")?;
+    add_size(txn, log, -i128::from(freed))?;
+    Ok((new_base, freed))
+}
+
+/// Adds `delta` to the bytes `log` keeps (floor 0).
+fn add_size(txn: &WriteTransaction, log: &str, delta: i128) -> Result<u64, LogError> {
+    let mut sizes = txn.open_table(SIZES).ctx(log, "cannot open sizes")?;
+    let current = sizes
+        .get(log)
+        .ctx(log, "cannot read a size")?
+        .map_or(0, |v| v.value());
+    let updated = u64::try_from((i128::from(current) + delta).max(0)).unwrap_or(u64::MAX);
+    sizes.insert(log, updated).ctx(log, "cannot write a size")?;
+    Ok(updated)
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The append time stored before an encoded event.
+fn stamp(value: &[u8]) -> u64 {
+    value
+        .first_chunk::<8>()
+        .map_or(0, |b| u64::from_le_bytes(*b))
 }
 
 /// An answer to send once the batch is done.
@@ -299,7 +525,13 @@ fn write_batch(inner: &Inner, batch: Vec<AppendRequest>) -> Vec<Reply> {
     let mut ends: HashMap<String, Offset> = HashMap::new();
     let mut dirty = false;
     for request in &batch {
-        let outcome = append_in(&txn, &request.log, &request.entries, inner.capacity);
+        let outcome = append_in(
+            &txn,
+            &request.log,
+            &request.entries,
+            inner.capacity,
+            inner.retention.max_bytes,
+        );
         if let Ok((first, next, wrote)) = &outcome {
             ends.insert(request.log.clone(), *next);
             dirty |= *wrote || first != next;
@@ -336,11 +568,22 @@ fn append_in(
     log: &str,
     entries: &[Vec<u8>],
     capacity: usize,
+    max_bytes: Option<u64>,
 ) -> Result<(Offset, Offset, bool), LogError> {
     let mut logs = txn.open_table(LOGS).ctx(log, "cannot open logs")?;
     let (base, first) = meta(&logs, log)?;
     let kept = first - base;
     let count = entries.len() as u64;
+    let bytes: u64 = entries.iter().map(|e| e.len() as u64).sum();
+    if let Some(max) = max_bytes
+        && bytes > max
+    {
+        return Err(LogError::Storage {
+            log: log.to_owned(),
+            message: format!("{bytes} bytes of events are more than the log keeps ({max} bytes)"),
+            source: None,
+        });
+    }
     if kept.saturating_add(count) > capacity as u64 {
         return Err(LogError::Storage {
             log: log.to_owned(),
@@ -362,6 +605,22 @@ fn append_in(
         }
         logs.insert(log, (base, next))
             .ctx(log, "cannot write the log")?;
+        drop(logs);
+        drop(events);
+        let size = add_size(txn, log, i128::from(bytes))?;
+        if let Some(max) = max_bytes
+            && size > max
+        {
+            // The oldest go until the log fits again.
+            let mut over = size - max;
+            discard_front(txn, log, base, next, |_, len| {
+                if over == 0 {
+                    return true;
+                }
+                over = over.saturating_sub(len);
+                false
+            })?;
+        }
     } else {
         // Nobody would ever read them: InMemoryLog trims them at once, so
         // they are not even written.
@@ -413,13 +672,20 @@ fn trim(txn: &WriteTransaction, log: &str, base: Offset, next: Offset) -> Result
     if base >= keep_from {
         return Ok(base);
     }
+    let mut freed = 0u64;
     let mut events = txn.open_table(EVENTS).ctx(log, "cannot open events")?;
     events
-        .retain_in((log, base)..(log, keep_from), |_, _| false)
+        .retain_in((log, base)..(log, keep_from), |_, value| {
+            freed += value.len() as u64;
+            false
+        })
         .ctx(log, "cannot discard events")?;
     let mut logs = txn.open_table(LOGS).ctx(log, "cannot open logs")?;
     logs.insert(log, (keep_from, next))
         .ctx(log, "cannot write the log")?;
+    drop(logs);
+    drop(events);
+    add_size(txn, log, -i128::from(freed))?;
     Ok(keep_from)
 }
 
@@ -446,13 +712,14 @@ struct HeadIn {
     data: Option<DataKind>,
 }
 
-/// Encodes an entry as: the length of the JSON head (8 bytes, little
+/// Encodes an entry as: the time it was appended (ms since the epoch, 8
+/// bytes, little endian), the length of the JSON head (8 bytes, little
 /// endian), the head (the event without its data, the headers, the kind
 /// of data), then the data's bytes. The data is kept apart, with its
 /// variant, because the CloudEvents JSON format does not give back the
 /// variant it was given (binary JSON comes back as `Data::Json`, a string
 /// with a JSON content type too): the event read is the event appended.
-fn encode(entry: Entry) -> Result<Vec<u8>, serde_json::Error> {
+fn encode(entry: Entry, appended_ms: u64) -> Result<Vec<u8>, serde_json::Error> {
     let Entry { mut event, headers } = entry;
     let (content_type, schema, data) = event.take_data();
     event.set_datacontenttype(content_type);
@@ -468,7 +735,8 @@ fn encode(entry: Entry) -> Result<Vec<u8>, serde_json::Error> {
         headers: &headers,
         data: kind,
     })?;
-    let mut out = Vec::with_capacity(8 + head.len() + bytes.len());
+    let mut out = Vec::with_capacity(16 + head.len() + bytes.len());
+    out.extend_from_slice(&appended_ms.to_le_bytes());
     out.extend_from_slice(&(head.len() as u64).to_le_bytes());
     out.extend_from_slice(&head);
     out.extend_from_slice(&bytes);
@@ -479,6 +747,7 @@ type DecodeError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The inverse of [`encode`].
 fn decode(bytes: &[u8]) -> Result<(Event, Vec<(String, String)>), DecodeError> {
+    let (_appended, bytes) = bytes.split_first_chunk::<8>().ok_or("truncated record")?;
     let (len, rest) = bytes.split_first_chunk::<8>().ok_or("truncated record")?;
     let len = usize::try_from(u64::from_le_bytes(*len))?;
     if len > rest.len() {
@@ -557,6 +826,8 @@ impl EventLog for DiskLog {
                     .remove((log, consumer.as_str()))
                     .ctx(log, "cannot remove a cursor")?;
             }
+            let mut sizes = txn.open_table(SIZES).ctx(log, "cannot open sizes")?;
+            sizes.remove(log).ctx(log, "cannot remove a size")?;
             Ok(Written {
                 value: (),
                 dirty: true,
@@ -569,8 +840,9 @@ impl EventLog for DiskLog {
     async fn append(&self, log: &str, entries: Vec<Entry>) -> Result<Offset, LogError> {
         // Encode before queueing: the writer thread only writes.
         let mut encoded = Vec::with_capacity(entries.len());
+        let now = now_ms();
         for entry in entries {
-            encoded.push(encode(entry).ctx(log, "cannot encode an event")?);
+            encoded.push(encode(entry, now).ctx(log, "cannot encode an event")?);
         }
         let (reply, replied) = tokio::sync::oneshot::channel();
         let request = AppendRequest {
@@ -1274,6 +1546,105 @@ mod tests {
             };
             assert_eq!(d, m, "step {step}");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retention_by_size_drops_the_oldest_and_keeps_the_log_under_its_bytes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let one = encode(entry("e-000"), 0).expect("encodes").len() as u64;
+        let max = one * 10 + one / 2;
+        let log = DiskLog::open_with(
+            db(&dir),
+            DiskLogConfig {
+                retention: Retention {
+                    max_bytes: Some(max),
+                    ..Retention::default()
+                },
+                ..DiskLogConfig::default()
+            },
+        )
+        .expect("opens");
+        log.create("l").await.expect("creates");
+        // A consumer that never commits: without retention all would stay.
+        log.committed("l", "slow").await.expect("registers");
+        for i in 0..25 {
+            log.append("l", vec![entry(&format!("e-{i:03}"))])
+                .await
+                .expect("appends");
+        }
+        let size = log.size("l").await.expect("size");
+        assert!(size <= max, "{size} bytes kept, at most {max}");
+        assert_eq!(log.len("l").await.expect("len"), 10, "the newest ten fit");
+        assert_eq!(size, one * 10);
+        match log.read("l", 0, 100).await {
+            Err(LogError::Discarded { oldest, .. }) => assert_eq!(oldest, 15),
+            other => panic!("expected Discarded, got {}", outcome(other)),
+        }
+        let records = log.read("l", 15, 100).await.expect("reads");
+        assert_eq!(ids(&records).first(), Some(&"e-015"));
+        assert_eq!(ids(&records).last(), Some(&"e-024"));
+        // Too large by itself: refused, and nothing is dropped for it.
+        let big: Vec<Entry> = (0..11).map(|i| entry(&format!("b-{i:03}"))).collect();
+        let refused = log.append("l", big).await;
+        assert!(
+            matches!(&refused, Err(LogError::Storage { message, .. }) if message.contains("more than the log keeps")),
+            "{}",
+            outcome(refused)
+        );
+        assert_eq!(log.len("l").await.expect("len"), 10);
+        // Commits free bytes too, and the size survives a restart.
+        log.commit("l", "slow", 20).await.expect("commits");
+        assert_eq!(log.size("l").await.expect("size"), one * 5);
+        drop(log);
+        let log = DiskLog::open(db(&dir)).expect("reopens");
+        assert_eq!(log.size("l").await.expect("size"), one * 5);
+        log.delete("l").await.expect("deletes");
+        assert!(matches!(log.size("l").await, Err(LogError::NotFound(_))));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retention_by_age_discards_expired_events_unread_or_not() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = DiskLog::open_with(
+            db(&dir),
+            DiskLogConfig {
+                retention: Retention {
+                    max_age: Some(Duration::from_millis(300)),
+                    ..Retention::default()
+                },
+                ..DiskLogConfig::default()
+            },
+        )
+        .expect("opens");
+        log.create("l").await.expect("creates");
+        log.committed("l", "slow").await.expect("registers");
+        log.append("l", vec![entry("old-1"), entry("old-2")])
+            .await
+            .expect("appends");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        log.append("l", vec![entry("young")])
+            .await
+            .expect("appends");
+        assert_eq!(log.len("l").await.expect("len"), 3, "nothing expired yet");
+        // The old ones expire (swept every 30 ms), the young one not yet.
+        let start = Instant::now();
+        while log.len("l").await.expect("len") != 1 {
+            assert!(start.elapsed() < Duration::from_secs(5), "never expired");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let records = log.read("l", 2, 10).await.expect("reads");
+        assert_eq!(ids(&records), ["young"]);
+        assert!(matches!(
+            log.read("l", 0, 10).await,
+            Err(LogError::Discarded { oldest: 2, .. })
+        ));
+        // The cursor still points at 0: a dispatcher skips to 2.
+        assert_eq!(log.committed("l", "slow").await.expect("cursor"), 0);
+        while log.len("l").await.expect("len") != 0 {
+            assert!(start.elapsed() < Duration::from_secs(5), "never expired");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(log.size("l").await.expect("size"), 0);
     }
 
     /// `cargo test --release -- --ignored --nocapture append_throughput`
