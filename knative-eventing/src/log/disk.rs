@@ -1382,10 +1382,9 @@ mod tests {
     /// appends batches and prints the first offset of each after its
     /// commit, until it is killed.
     #[tokio::test]
+    #[ignore = "the child process of what_a_killed_process_committed_is_there_after_a_restart"]
     async fn killed_writer_child() {
-        let Ok(path) = std::env::var("DISKLOG_CHILD_DB") else {
-            return;
-        };
+        let path = std::env::var("DISKLOG_CHILD_DB").expect("DISKLOG_CHILD_DB");
         let log = DiskLog::open(path).expect("open");
         log.create("l").await.expect("created");
         log.committed("l", "c").await.expect("registered");
@@ -1407,6 +1406,7 @@ mod tests {
             .args([
                 "--exact",
                 "log::disk::tests::killed_writer_child",
+                "--include-ignored",
                 "--nocapture",
                 "--test-threads=1",
             ])
