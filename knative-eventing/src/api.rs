@@ -1,6 +1,20 @@
-//! `eventing.knative.dev/v1` API types: [`Broker`] and [`Trigger`], and the
-//! duck types they use ([`duck`]), with upstream field names, defaulting
-//! and path-aware validation (`specs/EVENTING.md §1`, `§2`, `§5`).
+//! Knative Eventing's API types, with upstream field names, defaulting and
+//! path-aware validation:
+//!
+//! | group | kinds | module | spec |
+//! |---|---|---|---|
+//! | `eventing.knative.dev/v1` | [`Broker`], [`Trigger`] | here | `specs/EVENTING.md §1`, `§2` |
+//! | `messaging.knative.dev/v1` | [`Channel`], [`InMemoryChannel`], [`Subscription`] | [`messaging`] | `§4` |
+//! | `flows.knative.dev/v1` | [`Sequence`], [`Parallel`] | [`flows`] | `§4` |
+//! | `sources.knative.dev/v1` | [`PingSource`], [`ApiServerSource`], [`ContainerSource`], [`SinkBinding`] | [`sources`] | `§6` |
+//!
+//! The duck types they share ([`Destination`], [`KReference`],
+//! [`DeliverySpec`], [`Addressable`]) are in [`duck`] (`§5`, `§6`). Every
+//! kind implements [`SetDefaults`](knative_core::apis::SetDefaults) and
+//! [`Validate`](knative_core::apis::Validate); call them in that order, with
+//! [`Context::update`](knative_core::apis::Context::update) on updates so
+//! immutable fields are checked. CRD names, short names, categories and
+//! printer columns follow `specs/CRDS.md`.
 //!
 //! ```
 //! use knative_core::apis::{Context, SetDefaults, Validate};
@@ -25,12 +39,31 @@
 
 mod broker;
 pub mod duck;
+pub mod flows;
+pub mod messaging;
+pub mod sources;
 mod trigger;
 
 pub use broker::{Broker, BrokerSpec, BrokerStatus};
 pub use duck::{
     Addressable, BackoffPolicy, DeliveryFormat, DeliverySpec, DeliveryStatus, Destination,
     KReference, RetryPolicy,
+};
+pub use flows::{
+    Parallel, ParallelBranch, ParallelBranchStatus, ParallelChannelStatus, ParallelSpec,
+    ParallelStatus, ParallelSubscriptionStatus, Sequence, SequenceChannelStatus, SequenceSpec,
+    SequenceStatus, SequenceStep, SequenceSubscriptionStatus,
+};
+pub use messaging::{
+    Channel, ChannelDefaults, ChannelSpec, ChannelStatus, ChannelTemplateSpec, ChannelableSpec,
+    ChannelableStatus, InMemoryChannel, InMemoryChannelSpec, PhysicalSubscription, SubscriberSpec,
+    SubscriberStatus, Subscription, SubscriptionSpec, SubscriptionStatus,
+};
+pub use sources::{
+    ApiServerSource, ApiServerSourceSpec, ApiServerSourceStatus, ApiVersionKind,
+    ApiVersionKindSelector, BindingSubject, CeOverrides, CloudEventAttributes, ContainerSource,
+    ContainerSourceSpec, EventMode, PingSource, PingSourceSpec, SinkBinding, SinkBindingSpec,
+    SourceSpec, SourceStatus,
 };
 pub use trigger::{
     SubscriptionsApiFilter, Trigger, TriggerFilter, TriggerSpec, TriggerStatus,

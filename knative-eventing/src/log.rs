@@ -10,7 +10,9 @@
 //!
 //! [`InMemoryLog`] keeps events in memory; [`disk::DiskLog`] keeps them in
 //! one file (redb, every append synced before it returns) and survives a
-//! restart or a killed process with its cursors. NATS JetStream comes next.
+//! restart or a killed process with its cursors; [`nats::NatsLog`] (feature
+//! `nats`, on by default) keeps them in NATS JetStream, shared by every
+//! broker replica connected to it. The `nats` module docs compare the three.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -386,3 +388,5 @@ mod tests {
 }
 
 pub mod disk;
+#[cfg(feature = "nats")]
+pub mod nats;
