@@ -213,11 +213,23 @@ impl std::fmt::Debug for Brokers {
 }
 
 impl Brokers {
-    /// A data plane storing events in `log` and delivering with `sender`.
+    /// A data plane storing events in `log`, delivering with a [`Sender`]
+    /// of its own.
     pub fn new(log: Arc<dyn EventLog>, ingress: IngressConfig, dispatch: DispatchConfig) -> Self {
+        Brokers::with_sender(log, ingress, dispatch, Sender::new())
+    }
+
+    /// A data plane storing events in `log` and delivering with `sender`
+    /// (e.g. one made by [`Sender::with_overrides`]).
+    pub fn with_sender(
+        log: Arc<dyn EventLog>,
+        ingress: IngressConfig,
+        dispatch: DispatchConfig,
+        sender: Sender,
+    ) -> Self {
         let inner = Arc::new(Inner {
             log,
-            sender: Sender::new(),
+            sender,
             ingress,
             dispatch,
             brokers: Mutex::new(HashMap::new()),

@@ -166,9 +166,20 @@ impl Channels {
     /// A data plane storing events in `log`; requests are read within
     /// `limits` (batches are taken when `limits.allow_batch`).
     pub fn new(log: Arc<dyn EventLog>, limits: binding::Limits, dispatch: DispatchConfig) -> Self {
+        Channels::with_sender(log, limits, dispatch, Sender::new())
+    }
+
+    /// Like [`Channels::new`], delivering with `sender` (e.g. one made by
+    /// [`Sender::with_overrides`]).
+    pub fn with_sender(
+        log: Arc<dyn EventLog>,
+        limits: binding::Limits,
+        dispatch: DispatchConfig,
+        sender: Sender,
+    ) -> Self {
         let inner = Arc::new(Inner {
             log,
-            sender: Sender::new(),
+            sender,
             limits,
             dispatch,
             channels: Mutex::new(HashMap::new()),

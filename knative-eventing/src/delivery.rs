@@ -148,7 +148,51 @@ pub enum Outcome {
 /// Sends events over HTTP with retries. Cheap to clone (pooled connections).
 #[derive(Clone, Debug)]
 pub struct Sender {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
+}
+
+/// Connects like [`HttpConnector`], except that hosts under an overridden
+/// domain are reached at a fixed address (the request keeps its URL and
+/// `Host` header): how an embedded platform sends events to
+/// `http://hello.default.svc.cluster.local` through its own ingress on a
+/// loopback port, with no DNS entry for it.
+#[derive(Clone, Debug)]
+pub struct Connector {
+    http: HttpConnector,
+    overrides: std::sync::Arc<[(String, std::net::SocketAddr)]>,
+}
+
+impl Connector {
+    /// Where `uri` is reached: its own host and port, or an override's
+    /// address when its host is the override's domain or under it.
+    fn destination(&self, uri: &hyper::Uri) -> Option<hyper::Uri> {
+        let host = uri.host()?.trim_end_matches('.').to_ascii_lowercase();
+        let (_, address) = self.overrides.iter().find(|(domain, _)| {
+            host == *domain
+                || host
+                    .strip_suffix(domain.as_str())
+                    .is_some_and(|rest| rest.ends_with('.'))
+        })?;
+        format!("http://{address}/").parse().ok()
+    }
+}
+
+impl tower_service::Service<hyper::Uri> for Connector {
+    type Response = <HttpConnector as tower_service::Service<hyper::Uri>>::Response;
+    type Error = <HttpConnector as tower_service::Service<hyper::Uri>>::Error;
+    type Future = <HttpConnector as tower_service::Service<hyper::Uri>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.http.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: hyper::Uri) -> Self::Future {
+        let uri = self.destination(&uri).unwrap_or(uri);
+        self.http.call(uri)
+    }
 }
 
 impl Default for Sender {
@@ -160,13 +204,24 @@ impl Default for Sender {
 impl Sender {
     /// A sender with its own connection pool.
     pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        Sender::with_overrides(Vec::new())
+    }
+
+    /// A sender that reaches every host under each domain of `overrides`
+    /// (e.g. `svc.cluster.local`, `localhost`) at that domain's address
+    /// instead of resolving it; the first domain that matches wins.
+    pub fn with_overrides(overrides: Vec<(String, std::net::SocketAddr)>) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        let overrides = overrides
+            .into_iter()
+            .map(|(domain, address)| (domain.trim_matches('.').to_ascii_lowercase(), address))
+            .collect();
         Sender {
             client: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
-                .build(connector),
+                .build(Connector { http, overrides }),
         }
     }
 
@@ -419,6 +474,26 @@ pub fn dead_letter_event(event: &Event, url: &str, status: Option<u16>, body: &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overridden_domains_are_reached_at_their_address() {
+        let ingress: std::net::SocketAddr = ([127, 0, 0, 1], 8080).into();
+        let connector = Connector {
+            http: HttpConnector::new(),
+            overrides: vec![("svc.cluster.local".to_owned(), ingress)].into(),
+        };
+        let to = |u: &str| {
+            connector
+                .destination(&u.parse().expect("uri"))
+                .map(|d| d.to_string())
+        };
+        let expected = Some("http://127.0.0.1:8080/".to_owned());
+        assert_eq!(to("http://hello.default.svc.cluster.local/x"), expected);
+        assert_eq!(to("http://HELLO.default.svc.cluster.local.:81/"), expected);
+        assert_eq!(to("http://svc.cluster.local/"), expected);
+        assert_eq!(to("http://notsvc.cluster.local/"), None);
+        assert_eq!(to("http://example.com/"), None);
+    }
 
     #[test]
     fn retry_predicate_follows_upstream() {

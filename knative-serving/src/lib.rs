@@ -13,6 +13,7 @@
 //! | [`backend`] | the `WorkloadBackend` trait and local processes as its embedded implementation |
 //! | [`reconciler`] | Service, Configuration, Revision and Route reconcilers, and `Serving`, which runs them |
 //! | [`traffic`] | traffic resolution, gradual rollout, and the routing table the data plane serves from |
+//! | [`sample_app`] | the sample app the local platform runs as `knative.dev/sample-app` (HTTP and CloudEvents) |
 //!
 
 pub mod api;
@@ -21,4 +22,5 @@ pub mod backend;
 pub mod config;
 pub mod dataplane;
 pub mod reconciler;
+pub mod sample_app;
 pub mod traffic;
