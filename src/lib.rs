@@ -35,6 +35,9 @@ pub use knative_kube_adapter as kube;
 #[cfg(feature = "serving")]
 pub use knative_serving as serving;
 
+#[cfg(all(feature = "serving", feature = "eventing"))]
+pub mod local;
+
 /// This release of knative-rs.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 

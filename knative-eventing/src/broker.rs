@@ -140,6 +140,17 @@ pub enum IngressError {
     Log(#[from] LogError),
 }
 
+/// An event a broker accepted, as [`Brokers::tap`] shows it.
+#[derive(Clone, Debug)]
+pub struct Tapped {
+    /// The broker's namespace.
+    pub namespace: String,
+    /// The broker's name.
+    pub broker: String,
+    /// The event, as stored (TTL and arrival time set).
+    pub event: Arc<Event>,
+}
+
 /// The key of a broker: `namespace/name`, also its log's name.
 fn broker_key(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
@@ -178,6 +189,9 @@ impl Drop for TriggerState {
 struct Inner {
     log: Arc<dyn EventLog>,
     sender: Sender,
+    /// Copies of accepted events for [`Brokers::tap`] (sent only while
+    /// someone listens).
+    tap: tokio::sync::broadcast::Sender<Tapped>,
     ingress: IngressConfig,
     dispatch: DispatchConfig,
     brokers: Mutex<HashMap<String, BrokerState>>,
@@ -230,6 +244,7 @@ impl Brokers {
         let inner = Arc::new(Inner {
             log,
             sender,
+            tap: tokio::sync::broadcast::channel(1024).0,
             ingress,
             dispatch,
             brokers: Mutex::new(HashMap::new()),
@@ -277,6 +292,13 @@ impl Brokers {
             .remove(&key);
         drop(removed);
         self.inner.log.delete(&key).await
+    }
+
+    /// Follows the events every broker accepts from now on (for tools
+    /// such as `knative events`; a receiver that falls more than 1024
+    /// events behind skips the oldest). Costs nothing while nobody listens.
+    pub fn tap(&self) -> tokio::sync::broadcast::Receiver<Tapped> {
+        self.inner.tap.subscribe()
     }
 
     /// Whether broker `namespace/name` exists.
@@ -673,7 +695,19 @@ impl Inner {
             event.set_extension(TTL, ttl);
             event.set_extension(ARRIVAL_TIME, now.clone());
         }
+        let tapped: Vec<Arc<Event>> = if self.tap.receiver_count() > 0 {
+            events.iter().map(|e| Arc::new(e.event.clone())).collect()
+        } else {
+            Vec::new()
+        };
         self.log.append(&key, events).await?;
+        for event in tapped {
+            let _ = self.tap.send(Tapped {
+                namespace: namespace.to_owned(),
+                broker: name.to_owned(),
+                event,
+            });
+        }
         Ok(())
     }
 

@@ -417,6 +417,9 @@ impl Reconciler<Trigger> for TriggerReconciler {
                         "Unable to get the Subscriber's URI",
                         &e,
                     );
+                    // The subscriber may get an address soon (a service
+                    // still starting): look again.
+                    requeue = Some(RECHECK);
                     None
                 }
             };

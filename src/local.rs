@@ -1,0 +1,973 @@
+//! The embedded local platform: Knative Serving and Eventing in one
+//! process, on this machine, with no cluster.
+//!
+//! [`Platform::start`] wires the in-memory object store, the Serving
+//! controllers with local processes as replicas (the KPA autoscaler, the
+//! ingress, activator and in-process queue-proxies on a loopback port), and
+//! the Eventing controllers with the broker data plane (ingress on a
+//! loopback port, the durable embedded event log, per-trigger dispatchers).
+//! The library API is what `kubectl` does against a cluster:
+//! [`apply`](Platform::apply) manifests (multi-document YAML, all validated
+//! before any is written), [`get`](Platform::get) and
+//! [`list`](Platform::list) objects as JSON, [`delete`](Platform::delete)
+//! them and [`wait_ready`](Platform::wait_ready).
+//!
+//! Images are not pulled: a container's image names a local command
+//! ([`PlatformConfig::images`]); `knative.dev/sample-app` is the project's
+//! sample app (HTTP, and an event display for CloudEvents). Services get
+//! URLs under [`PlatformConfig::domain`] (`localhost` by default, so
+//! `http://hello.default.localhost:PORT` works in curl and browsers), and
+//! events for `*.svc.cluster.local` and `*.localhost` hosts (a trigger's
+//! subscriber that is a Knative Service) go through the local ingress.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use knative::local::{Platform, PlatformConfig};
+//!
+//! let platform = Platform::start(PlatformConfig::default()).await?;
+//! platform
+//!     .apply(
+//!         r#"
+//! apiVersion: serving.knative.dev/v1
+//! kind: Service
+//! metadata: {name: hello, namespace: default}
+//! spec:
+//!   template:
+//!     spec:
+//!       containers: [{image: knative.dev/sample-app}]
+//! "#,
+//!     )
+//!     .await?;
+//! let service = platform
+//!     .wait_ready("ksvc", "default", "hello", std::time::Duration::from_secs(30))
+//!     .await?;
+//! println!("{}", service["status"]["url"]);
+//! platform.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use knative_core::apis::{Context, SetDefaults, Validate};
+use knative_core::runtime::Controller;
+use knative_core::store::{ApiObject, InMemoryStore, Objects, StoreError};
+use knative_eventing::api::{Broker, KReference, Trigger};
+use knative_eventing::broker::{Brokers, DispatchConfig, IngressConfig};
+use knative_eventing::delivery::Sender;
+use knative_eventing::log::EventLog;
+use knative_eventing::reconciler::{
+    AddressResolver, BrokerAddresses, BrokerReconciler, TriggerReconciler,
+};
+use knative_serving::api::{Route, Service};
+use knative_serving::backend::WorkloadKey;
+use knative_serving::backend::local::{LocalBackend, LocalCommand, LocalConfig, LogLine};
+use knative_serving::config::ServingConfig;
+use knative_serving::dataplane::ingress::DataplaneConfig;
+use knative_serving::reconciler::{Serving, ServingObjects};
+use kube::core::Selector;
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The image name of the project's sample app.
+pub const SAMPLE_APP_IMAGE: &str = "knative.dev/sample-app";
+
+/// How a [`Platform`] is set up.
+#[derive(Clone, Debug)]
+pub struct PlatformConfig {
+    /// Where durable state goes (the event log); `None`: a temporary
+    /// directory removed at shutdown.
+    pub state_dir: Option<PathBuf>,
+    /// The Serving ingress's port on 127.0.0.1 (0: any free port).
+    pub ingress_port: u16,
+    /// The broker ingress's port on 127.0.0.1 (0: any free port).
+    pub broker_port: u16,
+    /// The domain of services' URLs (`{name}.{namespace}.{domain}`).
+    pub domain: String,
+    /// Commands that stand for images, by image name (added to the sample
+    /// app's).
+    pub images: HashMap<String, LocalCommand>,
+    /// The command that runs the sample app; `None`: the `knative` binary
+    /// next to this program (`knative sample-app`), if there is one.
+    pub sample_app: Option<Vec<String>>,
+    /// Keep broker events in the durable embedded log (`events.redb` in
+    /// the state directory) rather than in memory.
+    pub durable_events: bool,
+    /// The autoscaler's settings (`config-autoscaler`); `None`: upstream's
+    /// defaults.
+    pub autoscaler: Option<knative_serving::autoscaling::config::AutoscalerConfig>,
+}
+
+impl Default for PlatformConfig {
+    fn default() -> Self {
+        PlatformConfig {
+            state_dir: None,
+            ingress_port: 0,
+            broker_port: 0,
+            domain: "localhost".to_owned(),
+            images: HashMap::new(),
+            sample_app: None,
+            durable_events: true,
+            autoscaler: None,
+        }
+    }
+}
+
+/// Why the platform could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    /// Starting failed (ports, state directory, event log).
+    #[error("cannot start the platform: {0}")]
+    Start(String),
+    /// A manifest could not be read or is invalid; nothing was applied.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such kind.
+    #[error(
+        "unknown kind {0:?}: try one of service (ksvc), configuration, revision, route, broker, trigger"
+    )]
+    UnknownKind(String),
+    /// The object store refused.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Waiting timed out.
+    #[error("{0}")]
+    Timeout(String),
+}
+
+/// One object `apply` wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// Its kind, lower case (`service`).
+    pub kind: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// `created`, `configured` or `unchanged`, as kubectl says.
+    pub action: &'static str,
+}
+
+impl std::fmt::Display for Applied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{} {} (namespace {})",
+            self.kind, self.name, self.action, self.namespace
+        )
+    }
+}
+
+/// An event a broker accepted, for `knative events`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SeenEvent {
+    /// When it was accepted (RFC 3339).
+    pub time: String,
+    /// `namespace/broker`.
+    pub broker: String,
+    /// Its type.
+    pub r#type: String,
+    /// Its source.
+    pub source: String,
+    /// Its id.
+    pub id: String,
+}
+
+/// The platform: controllers, data planes and the object store.
+#[derive(Clone)]
+pub struct Platform {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kinds: Vec<Arc<dyn Kind>>,
+    backend: LocalBackend,
+    serving: ServingObjects,
+    ingress: SocketAddr,
+    broker_ingress: SocketAddr,
+    domain: String,
+    events: Arc<Mutex<VecDeque<SeenEvent>>>,
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    _state: Option<tempfile::TempDir>,
+    state_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Platform")
+            .field("ingress", &self.inner.ingress)
+            .field("broker_ingress", &self.inner.broker_ingress)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Resolves references to Knative Services and Routes: their cluster-local
+/// address (`status.address.url`), else their URL.
+struct ServingAddresses {
+    services: Arc<dyn Objects<Service>>,
+    routes: Arc<dyn Objects<Route>>,
+}
+
+#[async_trait]
+impl AddressResolver for ServingAddresses {
+    async fn resolve_reference(
+        &self,
+        reference: &KReference,
+        namespace: &str,
+    ) -> Result<String, String> {
+        let ns = reference
+            .namespace
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(namespace);
+        let serving = reference
+            .api_version
+            .as_deref()
+            .or(reference.group.as_deref())
+            .is_some_and(|v| v.starts_with("serving.knative.dev"));
+        let address = |url: Option<String>, address: Option<String>, what: &str| {
+            address
+                .or(url)
+                .ok_or_else(|| format!("{what} {ns}/{} has no address yet", reference.name))
+        };
+        match (serving, reference.kind.as_str()) {
+            (true, "Service") => {
+                let svc = self
+                    .services
+                    .get(Some(ns), &reference.name)
+                    .await
+                    .map_err(|e| format!("service {ns}/{}: {e}", reference.name))?;
+                let status = svc.status.unwrap_or_default();
+                address(status.url, status.address.and_then(|a| a.url), "service")
+            }
+            (true, "Route") => {
+                let route = self
+                    .routes
+                    .get(Some(ns), &reference.name)
+                    .await
+                    .map_err(|e| format!("route {ns}/{}: {e}", reference.name))?;
+                let status = route.status.unwrap_or_default();
+                address(status.url, status.address.and_then(|a| a.url), "route")
+            }
+            _ => Err(format!(
+                "cannot resolve {} {ns}/{}: the local platform resolves Brokers, Services and Routes",
+                reference.kind, reference.name
+            )),
+        }
+    }
+}
+
+impl Platform {
+    /// Starts every controller and data plane; returns once they listen.
+    pub async fn start(config: PlatformConfig) -> Result<Platform, PlatformError> {
+        let start = |e: &dyn std::fmt::Display| PlatformError::Start(e.to_string());
+        let (temp, state_dir) = match &config.state_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| start(&format!("state directory {}: {e}", dir.display())))?;
+                (None, dir.clone())
+            }
+            None => {
+                let temp = tempfile::Builder::new()
+                    .prefix("knative-local-")
+                    .tempdir()
+                    .map_err(|e| start(&format!("temporary directory: {e}")))?;
+                let path = temp.path().to_path_buf();
+                (Some(temp), path)
+            }
+        };
+        let store = InMemoryStore::new();
+
+        // Serving: local processes, the controllers, the data plane.
+        let mut images = config.images.clone();
+        if let Some(command) = config.sample_app.clone().or_else(find_sample_app) {
+            images
+                .entry(SAMPLE_APP_IMAGE.to_owned())
+                .or_insert(LocalCommand {
+                    command,
+                    ..LocalCommand::default()
+                });
+        }
+        let backend = LocalBackend::new(LocalConfig {
+            images,
+            ..LocalConfig::default()
+        });
+        let objects = ServingObjects::in_memory(&store);
+        let mut serving_config = ServingConfig::default();
+        serving_config.network = serving_config.network.with_domain_config_map(
+            &[(config.domain.clone(), String::new())]
+                .into_iter()
+                .collect(),
+        );
+        if let Some(autoscaler) = config.autoscaler.clone() {
+            serving_config.autoscaler = autoscaler;
+        }
+        let serving = Serving::new(objects.clone(), Arc::new(backend.clone()), serving_config);
+        let dataplane = serving.dataplane(DataplaneConfig::default());
+        let ingress_listener = tokio::net::TcpListener::bind(("127.0.0.1", config.ingress_port))
+            .await
+            .map_err(|e| start(&format!("ingress port {}: {e}", config.ingress_port)))?;
+        let ingress = ingress_listener.local_addr().map_err(|e| start(&e))?;
+
+        // Eventing: the log, the broker data plane, the controllers.
+        let log: Arc<dyn EventLog> = if config.durable_events {
+            let path = state_dir.join("events.redb");
+            let opened = tokio::task::spawn_blocking(move || {
+                knative_eventing::log::disk::DiskLog::open(path)
+            })
+            .await
+            .map_err(|e| start(&e))?
+            .map_err(|e| start(&e))?;
+            Arc::new(opened)
+        } else {
+            Arc::new(knative_eventing::log::InMemoryLog::new())
+        };
+        let sender = Sender::with_overrides(vec![
+            ("svc.cluster.local".to_owned(), ingress),
+            (config.domain.clone(), ingress),
+        ]);
+        let brokers = Brokers::with_sender(
+            log,
+            IngressConfig::default(),
+            DispatchConfig::default(),
+            sender,
+        );
+        let broker_listener = tokio::net::TcpListener::bind(("127.0.0.1", config.broker_port))
+            .await
+            .map_err(|e| start(&format!("broker port {}: {e}", config.broker_port)))?;
+        let broker_ingress = broker_listener.local_addr().map_err(|e| start(&e))?;
+        let broker_objects: Arc<dyn Objects<Broker>> = Arc::new(store.objects::<Broker>());
+        let trigger_objects: Arc<dyn Objects<Trigger>> = Arc::new(store.objects::<Trigger>());
+        let resolver: Arc<dyn AddressResolver> = Arc::new(BrokerAddresses::new(
+            Arc::clone(&broker_objects),
+            Some(Arc::new(ServingAddresses {
+                services: Arc::clone(&objects.services),
+                routes: Arc::clone(&objects.routes),
+            })),
+        ));
+        let broker_controller = Controller::new(
+            Arc::clone(&broker_objects),
+            Arc::new(BrokerReconciler::new(
+                Arc::clone(&broker_objects),
+                brokers.clone(),
+                Arc::clone(&resolver),
+                format!("http://{broker_ingress}"),
+            )),
+        );
+        let trigger_controller = Controller::new(
+            Arc::clone(&trigger_objects),
+            Arc::new(TriggerReconciler::new(
+                Arc::clone(&trigger_objects),
+                Arc::clone(&broker_objects),
+                brokers.clone(),
+                Arc::clone(&resolver),
+            )),
+        );
+
+        let (stop, stopped) = watch::channel(false);
+        let until = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let events: Arc<Mutex<VecDeque<SeenEvent>>> = Arc::default();
+        let mut tasks = vec![
+            tokio::spawn(serving.run(until(stopped.clone()))),
+            tokio::spawn(broker_controller.run(until(stopped.clone()))),
+            tokio::spawn(trigger_controller.run(until(stopped.clone()))),
+        ];
+        let shutdown = until(stopped.clone());
+        tasks.push(tokio::spawn(async move {
+            let _ = dataplane.serve(ingress_listener, shutdown).await;
+        }));
+        let shutdown = until(stopped.clone());
+        let serving_brokers = brokers.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = serving_brokers.serve(broker_listener, shutdown).await;
+        }));
+        let mut tap = brokers.tap();
+        let seen = Arc::clone(&events);
+        let mut tap_stopped = stopped.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tap_stopped.wait_for(|s| *s) => break,
+                    received = tap.recv() => match received {
+                        Ok(t) => {
+                            use cloudevents::AttributesReader as _;
+                            let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+                            if seen.len() == 1000 {
+                                seen.pop_front();
+                            }
+                            seen.push_back(SeenEvent {
+                                time: jiff::Timestamp::now().to_string(),
+                                broker: format!("{}/{}", t.namespace, t.broker),
+                                r#type: t.event.ty().to_owned(),
+                                source: t.event.source().to_owned(),
+                                id: t.event.id().to_owned(),
+                            });
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    },
+                }
+            }
+        }));
+
+        let kinds: Vec<Arc<dyn Kind>> = vec![
+            Arc::new(TypedKind::new(
+                "service",
+                &["ksvc", "kservice", "services"],
+                Arc::clone(&objects.services),
+            )),
+            Arc::new(TypedKind::new(
+                "configuration",
+                &["config", "cfg", "configurations"],
+                Arc::clone(&objects.configurations),
+            )),
+            Arc::new(TypedKind::new(
+                "revision",
+                &["rev", "revisions"],
+                Arc::clone(&objects.revisions),
+            )),
+            Arc::new(TypedKind::new(
+                "route",
+                &["rt", "routes"],
+                Arc::clone(&objects.routes),
+            )),
+            Arc::new(TypedKind::new(
+                "broker",
+                &["brokers"],
+                Arc::clone(&broker_objects),
+            )),
+            Arc::new(TypedKind::new(
+                "trigger",
+                &["triggers"],
+                Arc::clone(&trigger_objects),
+            )),
+        ];
+        // Keep `brokers` (and its dispatchers) alive as long as the tasks.
+        let keep = brokers.clone();
+        tasks.push(tokio::spawn(async move {
+            until(stopped).await;
+            drop(keep);
+        }));
+        Ok(Platform {
+            inner: Arc::new(Inner {
+                kinds,
+                backend,
+                serving: objects,
+                ingress,
+                broker_ingress,
+                domain: config.domain,
+                events,
+                stop,
+                tasks: Mutex::new(tasks),
+                _state: temp,
+                state_dir,
+            }),
+        })
+    }
+
+    /// The Serving ingress: requests for `{service}.{namespace}.{domain}`.
+    pub fn ingress(&self) -> SocketAddr {
+        self.inner.ingress
+    }
+
+    /// The broker ingress: events are posted to `/{namespace}/{broker}`.
+    pub fn broker_ingress(&self) -> SocketAddr {
+        self.inner.broker_ingress
+    }
+
+    /// The domain of services' URLs.
+    pub fn domain(&self) -> &str {
+        &self.inner.domain
+    }
+
+    /// Where durable state is kept.
+    pub fn state_dir(&self) -> &Path {
+        &self.inner.state_dir
+    }
+
+    /// The kinds this platform serves, by canonical name, with aliases.
+    pub fn kinds(&self) -> Vec<(String, Vec<String>)> {
+        self.inner
+            .kinds
+            .iter()
+            .map(|k| {
+                (
+                    k.name().to_owned(),
+                    k.aliases().iter().map(|a| (*a).to_owned()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    fn kind(&self, name: &str) -> Result<&Arc<dyn Kind>, PlatformError> {
+        let lower = name.to_ascii_lowercase();
+        self.inner
+            .kinds
+            .iter()
+            .find(|k| k.name() == lower || k.aliases().contains(&lower.as_str()))
+            .ok_or(PlatformError::UnknownKind(name.to_owned()))
+    }
+
+    fn kind_of(&self, api_version: &str, kind: &str) -> Option<&Arc<dyn Kind>> {
+        self.inner
+            .kinds
+            .iter()
+            .find(|k| k.api_version() == api_version && k.kind() == kind)
+    }
+
+    /// Applies every object in `yaml` (one or more YAML documents), as
+    /// `kubectl apply` does: each is defaulted and validated first, and if
+    /// any is invalid, nothing is written and the error names the document
+    /// and the field paths; then each is created, or its spec, labels and
+    /// annotations are updated.
+    pub async fn apply(&self, yaml: &str) -> Result<Vec<Applied>, PlatformError> {
+        let mut parsed = Vec::new();
+        let mut problems = Vec::new();
+        for (index, document) in documents(yaml).into_iter().enumerate() {
+            let value = match document {
+                Ok(Value::Null) => continue,
+                Ok(value) => value,
+                Err(e) => {
+                    problems.push(format!("document {}: not YAML: {e}", index + 1));
+                    continue;
+                }
+            };
+            let api_version = value["apiVersion"].as_str().unwrap_or_default().to_owned();
+            let kind = value["kind"].as_str().unwrap_or_default().to_owned();
+            let name = value["metadata"]["name"].as_str().unwrap_or("").to_owned();
+            let what = format!("document {} ({kind} {name:?})", index + 1);
+            let Some(handler) = self.kind_of(&api_version, &kind) else {
+                problems.push(format!(
+                    "{what}: apiVersion {api_version:?} kind {kind:?} is not served here"
+                ));
+                continue;
+            };
+            match handler.prepare(value).await {
+                Ok(prepared) => parsed.push((Arc::clone(handler), prepared)),
+                Err(e) => problems.push(format!("{what}: {e}")),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(PlatformError::Invalid(format!(
+                "nothing was applied:\n  {}",
+                problems.join("\n  ")
+            )));
+        }
+        let mut applied = Vec::new();
+        for (handler, prepared) in parsed {
+            applied.push(handler.write(prepared).await?);
+        }
+        Ok(applied)
+    }
+
+    /// The object `kind` (a name or alias, e.g. `ksvc`) `namespace/name`.
+    pub async fn get(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Value, PlatformError> {
+        self.kind(kind)?.get(namespace, name).await
+    }
+
+    /// The objects of `kind` in `namespace` (every namespace when `None`).
+    pub async fn list(
+        &self,
+        kind: &str,
+        namespace: Option<&str>,
+    ) -> Result<Vec<Value>, PlatformError> {
+        self.kind(kind)?.list(namespace).await
+    }
+
+    /// Deletes `kind` `namespace/name`.
+    pub async fn delete(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(), PlatformError> {
+        self.kind(kind)?.delete(namespace, name).await
+    }
+
+    /// Waits until `kind` `namespace/name` is Ready (or, for kinds that
+    /// run to completion, Succeeded) and returns it; a run that failed
+    /// (`Succeeded` False) ends the wait, and a timeout names the latest
+    /// reason and message.
+    pub async fn wait_ready(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Value, PlatformError> {
+        let start = Instant::now();
+        let mut last = String::from("it does not exist yet");
+        while start.elapsed() < timeout {
+            match self.get(kind, namespace, name).await {
+                Ok(object) => match readiness(&object) {
+                    Readiness::Ready => return Ok(object),
+                    Readiness::Failed(why) => {
+                        return Err(PlatformError::Invalid(format!(
+                            "{kind} {namespace}/{name} failed: {why}"
+                        )));
+                    }
+                    Readiness::Waiting(why) => last = why,
+                },
+                Err(PlatformError::Store(e)) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Err(PlatformError::Timeout(format!(
+            "{kind} {namespace}/{name} was not ready after {timeout:?}: {last}"
+        )))
+    }
+
+    /// The output lines of a service's (or revision's) replicas, newest
+    /// last: every revision of service `name`, else revision `name`.
+    pub async fn logs(&self, namespace: &str, name: &str) -> Result<Vec<LogLine>, PlatformError> {
+        let revisions = self
+            .inner
+            .serving
+            .revisions
+            .list(Some(namespace), &Selector::default())
+            .await?;
+        let mut lines = Vec::new();
+        let mut found = false;
+        for revision in revisions {
+            let revision_name = revision.metadata.name.clone().unwrap_or_default();
+            let of_service = revision
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(knative_serving::api::keys::SERVICE))
+                .is_some_and(|s| s == name);
+            if of_service || revision_name == name {
+                found = true;
+                lines.extend(
+                    self.inner
+                        .backend
+                        .logs(&WorkloadKey::new(namespace, &revision_name)),
+                );
+            }
+        }
+        if !found {
+            return Err(PlatformError::Store(StoreError::NotFound {
+                kind: "Service or Revision".to_owned(),
+                key: format!("{namespace}/{name}"),
+            }));
+        }
+        Ok(lines)
+    }
+
+    /// The latest events the brokers accepted (at most 1000), oldest first.
+    pub fn events(&self) -> Vec<SeenEvent> {
+        self.inner
+            .events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Replicas running now for revision `namespace/revision`.
+    pub fn replicas(&self, namespace: &str, revision: &str) -> usize {
+        use knative_serving::backend::WorkloadBackend as _;
+        self.inner
+            .backend
+            .status(&WorkloadKey::new(namespace, revision))
+            .map(|s| s.borrow().ready.len())
+            .unwrap_or(0)
+    }
+
+    /// Stops the controllers and data planes, then every replica.
+    pub async fn shutdown(self) {
+        let _ = self.inner.stop.send(true);
+        let tasks = std::mem::take(
+            &mut *self
+                .inner
+                .tasks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for task in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+        use knative_serving::backend::WorkloadBackend as _;
+        let revisions = self
+            .inner
+            .serving
+            .revisions
+            .list(None, &Selector::default())
+            .await
+            .unwrap_or_default();
+        for revision in revisions {
+            let key = WorkloadKey::new(
+                revision.metadata.namespace.as_deref().unwrap_or_default(),
+                revision.metadata.name.as_deref().unwrap_or_default(),
+            );
+            let _ = self.inner.backend.remove(&key).await;
+        }
+    }
+}
+
+/// The `knative` binary (or the sample app's own) beside this program or
+/// one directory up (`target/debug/deps` → `target/debug`).
+fn find_sample_app() -> Option<Vec<String>> {
+    let me = std::env::current_exe().ok()?;
+    let dir = me.parent()?;
+    for candidate in [dir.to_path_buf(), dir.parent()?.to_path_buf()] {
+        let knative = candidate.join("knative");
+        if knative.is_file() {
+            return Some(vec![
+                knative.to_string_lossy().into_owned(),
+                "sample-app".to_owned(),
+            ]);
+        }
+        let sample = candidate.join("knative-sample-app");
+        if sample.is_file() {
+            return Some(vec![sample.to_string_lossy().into_owned()]);
+        }
+    }
+    None
+}
+
+/// The documents of a YAML stream, each as JSON or its parse error
+/// (read before any `await`: the YAML parser is not `Send`).
+fn documents(yaml: &str) -> Vec<Result<Value, String>> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|document| {
+            serde::Deserialize::deserialize(document).map_err(|e: serde_yaml::Error| e.to_string())
+        })
+        .collect()
+}
+
+/// Where an object stands.
+enum Readiness {
+    Ready,
+    Failed(String),
+    Waiting(String),
+}
+
+/// Readiness from the `Ready` (or `Succeeded`) condition of any kind.
+fn readiness(object: &Value) -> Readiness {
+    let conditions = object["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let condition = conditions
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .or_else(|| conditions.iter().find(|c| c["type"] == "Succeeded"));
+    let Some(condition) = condition else {
+        return Readiness::Waiting("it has no Ready condition yet".to_owned());
+    };
+    let why = || {
+        format!(
+            "{}: {}",
+            condition["reason"].as_str().unwrap_or(""),
+            condition["message"].as_str().unwrap_or("")
+        )
+    };
+    let current = object["status"]["observedGeneration"].as_i64()
+        >= object["metadata"]["generation"].as_i64();
+    // A run that failed is done; an object that is not Ready yet may
+    // still become Ready (its subscriber may come up later).
+    let terminal = condition["type"] == "Succeeded";
+    match condition["status"].as_str() {
+        Some("True") if current => Readiness::Ready,
+        Some("False") if current && terminal => Readiness::Failed(why()),
+        _ => Readiness::Waiting(why()),
+    }
+}
+
+/// A kind the platform serves, type-erased.
+#[async_trait]
+trait Kind: Send + Sync {
+    /// Canonical lower-case name (`service`).
+    fn name(&self) -> &str;
+    /// Aliases (`ksvc`).
+    fn aliases(&self) -> &[&'static str];
+    fn api_version(&self) -> String;
+    fn kind(&self) -> String;
+    /// Parses, defaults and validates a manifest (against the stored
+    /// object when it exists).
+    async fn prepare(&self, value: Value) -> Result<Prepared, String>;
+    /// Creates or updates.
+    async fn write(&self, prepared: Prepared) -> Result<Applied, PlatformError>;
+    async fn get(&self, namespace: &str, name: &str) -> Result<Value, PlatformError>;
+    async fn list(&self, namespace: Option<&str>) -> Result<Vec<Value>, PlatformError>;
+    async fn delete(&self, namespace: &str, name: &str) -> Result<(), PlatformError>;
+}
+
+/// A manifest ready to write: the object, and the stored one it updates.
+struct Prepared(Box<dyn std::any::Any + Send>);
+
+struct TypedKind<K> {
+    name: &'static str,
+    aliases: &'static [&'static str],
+    objects: Arc<dyn Objects<K>>,
+}
+
+impl<K> TypedKind<K> {
+    fn new(
+        name: &'static str,
+        aliases: &'static [&'static str],
+        objects: Arc<dyn Objects<K>>,
+    ) -> Self {
+        TypedKind {
+            name,
+            aliases,
+            objects,
+        }
+    }
+}
+
+#[async_trait]
+impl<K> Kind for TypedKind<K>
+where
+    K: ApiObject + SetDefaults + Validate,
+{
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn aliases(&self) -> &[&'static str] {
+        self.aliases
+    }
+
+    fn api_version(&self) -> String {
+        K::api_version_name()
+    }
+
+    fn kind(&self) -> String {
+        K::kind_name()
+    }
+
+    async fn prepare(&self, mut value: Value) -> Result<Prepared, String> {
+        // Kinds whose whole spec is optional (a Broker) may leave it out.
+        if let Some(map) = value.as_object_mut() {
+            map.entry("spec")
+                .or_insert_with(|| Value::Object(Default::default()));
+        }
+        let mut object: K = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        let meta = object.meta_mut();
+        if meta.name.as_deref().is_none_or(str::is_empty) {
+            return Err("metadata.name: missing".to_owned());
+        }
+        if meta.namespace.as_deref().is_none_or(str::is_empty) {
+            meta.namespace = Some("default".to_owned());
+        }
+        let key = object.key();
+        let existing = match self.objects.get(key.namespace.as_deref(), &key.name).await {
+            Ok(existing) => Some(existing),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e.to_string()),
+        };
+        let errors = match &existing {
+            Some(old) => {
+                let ctx = Context::update(old);
+                object.set_defaults(&ctx);
+                object.validate(&ctx)
+            }
+            None => {
+                let ctx = Context::create();
+                object.set_defaults(&ctx);
+                object.validate(&ctx)
+            }
+        };
+        if let Err(e) = errors.into_result() {
+            return Err(e.to_string());
+        }
+        Ok(Prepared(Box::new((object, existing))))
+    }
+
+    async fn write(&self, prepared: Prepared) -> Result<Applied, PlatformError> {
+        let (object, existing) = *prepared.0.downcast::<(K, Option<K>)>().map_err(|_| {
+            PlatformError::Invalid("internal: prepared for another kind".to_owned())
+        })?;
+        let key = object.key();
+        let applied = |action| Applied {
+            kind: self.name.to_owned(),
+            namespace: key.namespace.clone().unwrap_or_default(),
+            name: key.name.clone(),
+            action,
+        };
+        let Some(existing) = existing else {
+            self.objects.create(&object).await?;
+            return Ok(applied("created"));
+        };
+        // Keep what the store and controllers own: identity, version,
+        // finalizers, owners, status; take the manifest's spec, labels
+        // and annotations.
+        let mut value =
+            serde_json::to_value(&existing).map_err(|e| PlatformError::Invalid(e.to_string()))?;
+        let new =
+            serde_json::to_value(&object).map_err(|e| PlatformError::Invalid(e.to_string()))?;
+        for (field, from) in [("labels", &new), ("annotations", &new)] {
+            match from["metadata"].get(field) {
+                Some(v) => value["metadata"][field] = v.clone(),
+                None => {
+                    if let Some(m) = value["metadata"].as_object_mut() {
+                        m.remove(field);
+                    }
+                }
+            }
+        }
+        if let (Some(target), Some(source)) = (value.as_object_mut(), new.as_object()) {
+            for (k, v) in source {
+                if k != "metadata" && k != "status" && k != "apiVersion" && k != "kind" {
+                    target.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        let before =
+            serde_json::to_value(&existing).map_err(|e| PlatformError::Invalid(e.to_string()))?;
+        if value == before {
+            return Ok(applied("unchanged"));
+        }
+        let updated: K =
+            serde_json::from_value(value).map_err(|e| PlatformError::Invalid(e.to_string()))?;
+        self.objects.replace(&updated).await?;
+        Ok(applied("configured"))
+    }
+
+    async fn get(&self, namespace: &str, name: &str) -> Result<Value, PlatformError> {
+        let object = self.objects.get(Some(namespace), name).await?;
+        with_type::<K>(&object)
+    }
+
+    async fn list(&self, namespace: Option<&str>) -> Result<Vec<Value>, PlatformError> {
+        let objects = self.objects.list(namespace, &Selector::default()).await?;
+        objects.iter().map(with_type::<K>).collect()
+    }
+
+    async fn delete(&self, namespace: &str, name: &str) -> Result<(), PlatformError> {
+        self.objects.delete(Some(namespace), name).await?;
+        Ok(())
+    }
+}
+
+/// The object as JSON, with `apiVersion` and `kind` set.
+fn with_type<K: ApiObject>(object: &K) -> Result<Value, PlatformError> {
+    let mut value =
+        serde_json::to_value(object).map_err(|e| PlatformError::Invalid(e.to_string()))?;
+    if let Some(map) = value.as_object_mut() {
+        map.insert(
+            "apiVersion".to_owned(),
+            Value::String(K::api_version_name()),
+        );
+        map.insert("kind".to_owned(), Value::String(K::kind_name()));
+    }
+    Ok(value)
+}
