@@ -210,3 +210,160 @@ mod queue_proxy {
             .status();
     }
 }
+
+/// `knative up` in the background with its own state directory and free
+/// ports; stopped with SIGINT (as Ctrl-C) when dropped.
+struct Up {
+    child: std::process::Child,
+    state: tempfile::TempDir,
+}
+
+impl Up {
+    fn start(manifests: &str) -> Up {
+        let state = tempfile::tempdir().expect("temp dir");
+        let child = Command::new(env!("CARGO_BIN_EXE_knative"))
+            .args(["--state-dir"])
+            .arg(state.path())
+            .args([
+                "up",
+                "--ingress-port",
+                "0",
+                "--broker-port",
+                "0",
+                "-f",
+                manifests,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("knative up starts");
+        let admin = state.path().join("admin.json");
+        let start = std::time::Instant::now();
+        while !admin.exists() {
+            assert!(
+                start.elapsed().as_secs() < 30,
+                "knative up never wrote admin.json"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Up { child, state }
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_knative"))
+            .arg("--state-dir")
+            .arg(self.state.path())
+            .args(args)
+            .output()
+            .expect("the knative binary runs")
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn up_serves_the_samples_and_the_other_commands_talk_to_it() {
+    let up = Up::start(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/manifests"));
+    // The admin file is the owner's only.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(up.state.path().join("admin.json"))
+        .expect("admin.json")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Wait for the sample service to be Ready, through `knative get`.
+    let start = std::time::Instant::now();
+    loop {
+        let out = up.run(&["get", "ksvc", "hello", "-o", "json"]);
+        if out.status.success() {
+            let svc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+            let ready = svc["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            if ready {
+                break;
+            }
+        }
+        assert!(start.elapsed().as_secs() < 60, "hello never became ready");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let table = up.run(&["get", "ksvc"]);
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(
+        table.contains("hello") && table.contains("event-display"),
+        "{table}"
+    );
+    assert!(table.contains("True"), "{table}");
+
+    let yaml = up.run(&["get", "broker", "default", "-o", "yaml"]);
+    assert!(String::from_utf8_lossy(&yaml.stdout).contains("kind: Broker"));
+
+    // A bad manifest: refused with the field path, exit code 1.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: t}\nspec:\n  broker: default\n  subscriber: {}\n",
+    )
+    .expect("writes");
+    let out = up.run(&["apply", "-f", bad.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("spec.subscriber"), "{stderr}");
+
+    let out = up.run(&["delete", "ksvc", "hello"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = up.run(&["get", "ksvc", "hello"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+}
+
+#[test]
+fn commands_without_a_running_platform_say_how_to_start_one() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_knative"))
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["get", "ksvc"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("knative up"));
+}
+
+#[test]
+fn the_demo_runs_every_step_and_ends_with_a_summary() {
+    let start = std::time::Instant::now();
+    let out = knative(&["demo"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = stdout.split("summary").nth(1).expect("a summary");
+    assert!(
+        summary.lines().filter(|l| l.contains('✓')).count() >= 5,
+        "{stdout}"
+    );
+    assert!(!summary.contains('✗'), "{stdout}");
+    assert!(
+        start.elapsed().as_secs() < 120,
+        "the demo took {:?}",
+        start.elapsed()
+    );
+}

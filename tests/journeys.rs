@@ -1,0 +1,225 @@
+//! Cross-crate journeys through the local platform, as a user takes them:
+//! the bundled manifests reach Ready, a request wakes a service at zero,
+//! an event reaches its subscriber through a broker, and a bad manifest is
+//! refused whole. Real processes (the sample app) and real HTTP on
+//! 127.0.0.1.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use knative::local::{Platform, PlatformConfig};
+use knative::serving::autoscaling::config::AutoscalerConfig;
+
+const READY: Duration = Duration::from_secs(60);
+
+async fn platform() -> Platform {
+    Platform::start(PlatformConfig {
+        sample_app: Some(vec![
+            env!("CARGO_BIN_EXE_knative").to_owned(),
+            "sample-app".to_owned(),
+        ]),
+        autoscaler: Some(AutoscalerConfig {
+            stable_window: Duration::from_secs(6),
+            scale_to_zero_grace_period: Duration::from_secs(1),
+            ..AutoscalerConfig::default()
+        }),
+        ..PlatformConfig::default()
+    })
+    .await
+    .expect("the platform starts")
+}
+
+fn samples() -> String {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/manifests");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("examples/manifests")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).expect("readable"))
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+async fn http(
+    method: &str,
+    address: std::net::SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{address}{path}"))
+        .header(hyper::header::HOST, host);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = client
+        .request(
+            request
+                .body(Full::new(Bytes::from_static(b"{}")))
+                .expect("request"),
+        )
+        .await
+        .expect("answered");
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_samples_reach_ready_and_an_event_reaches_its_subscriber() {
+    let platform = platform().await;
+    let applied = platform.apply(&samples()).await.expect("the samples apply");
+    assert!(applied.len() >= 4, "{applied:?}");
+    for a in &applied {
+        platform
+            .wait_ready(&a.kind, &a.namespace, &a.name, READY)
+            .await
+            .unwrap_or_else(|e| panic!("{} {}: {e}", a.kind, a.name));
+    }
+    let host = format!("hello.default.{}", platform.domain());
+    let (status, body) = http("GET", platform.ingress(), &host, "/", &[]).await;
+    assert_eq!((status, body.trim()), (200, "Hello Knative on a laptop!"));
+
+    // An event through the broker reaches the display service.
+    let (status, _) = http(
+        "POST",
+        platform.broker_ingress(),
+        "broker",
+        "/default/default",
+        &[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "order-1"),
+            ("ce-type", "com.example.order.created"),
+            ("ce-source", "/journeys"),
+            ("content-type", "application/json"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 202);
+    let start = Instant::now();
+    loop {
+        let logs = platform
+            .logs("default", "event-display")
+            .await
+            .expect("logs");
+        if logs.iter().any(|l| {
+            l.line.contains("cloudevent type=com.example.order.created")
+                && l.line.contains("id=order-1")
+        }) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the event never arrived: {logs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        platform
+            .events()
+            .iter()
+            .any(|e| e.id == "order-1" && e.broker == "default/default"),
+        "the platform saw the event"
+    );
+    platform.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_to_a_service_scaled_to_zero_succeeds() {
+    let platform = platform().await;
+    platform
+        .apply(
+            r#"
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata: {name: sleepy, namespace: default}
+spec:
+  template:
+    spec:
+      containers: [{image: knative.dev/sample-app, env: [{name: TARGET, value: sleepy}]}]
+"#,
+        )
+        .await
+        .expect("applies");
+    platform
+        .wait_ready("ksvc", "default", "sleepy", READY)
+        .await
+        .expect("ready");
+    let start = Instant::now();
+    while platform.replicas("default", "sleepy-00001") > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "never scaled to zero"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let host = format!("sleepy.default.{}", platform.domain());
+    let (status, body) = http("GET", platform.ingress(), &host, "/", &[]).await;
+    assert_eq!((status, body.trim()), (200, "Hello sleepy!"));
+    assert!(platform.replicas("default", "sleepy-00001") >= 1);
+    platform.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_manifest_is_refused_with_its_field_path_and_nothing_is_applied() {
+    let platform = platform().await;
+    let batch = r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {name: fine, namespace: default}
+---
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata: {name: broken, namespace: default}
+spec:
+  template:
+    spec:
+      containers: [{image: knative.dev/sample-app}]
+  traffic:
+    - latestRevision: true
+      percent: 120
+"#;
+    let error = platform
+        .apply(batch)
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(error.contains("nothing was applied"), "{error}");
+    assert!(error.contains("document 2"), "{error}");
+    assert!(
+        error.contains("spec.traffic"),
+        "the error names the field: {error}"
+    );
+    assert!(
+        platform
+            .list("broker", None)
+            .await
+            .expect("list")
+            .is_empty(),
+        "the valid broker in the same batch was not applied"
+    );
+    let unknown = platform
+        .apply("apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n")
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        unknown.contains("Widget") && unknown.contains("not served"),
+        "{unknown}"
+    );
+    platform.shutdown().await;
+}
