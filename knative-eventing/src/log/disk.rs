@@ -15,6 +15,13 @@
 //! - `cursors`: (log name, consumer) → the offset the consumer resumes at;
 //! - `sizes`: log name → the bytes of the events it keeps.
 //!
+//! The newest events of each log (up to 16 Ki) are also kept decoded in
+//! memory as they are appended, so that dispatchers that keep up read
+//! them without a read transaction or decoding; cursor commits are
+//! written without a sync of their own (redb's `Durability::None`: the
+//! next append's sync carries them), since a commit lost in a crash only
+//! means re-delivery.
+//!
 //! Events go when every consumer is past them; with a [`Retention`], also
 //! when they are older than its maximum age (the writer thread sweeps
 //! them) or when the log holds more than its maximum bytes (the oldest go
@@ -123,6 +130,59 @@ struct Inner {
     writer: Mutex<()>,
     /// The queue of the group-commit writer thread.
     appends: Mutex<std::sync::mpsc::Sender<AppendRequest>>,
+    /// The latest events of each log, decoded, so that dispatchers keeping
+    /// up with the producers read them from memory (see [`Tail`]).
+    tails: Mutex<HashMap<String, Tail>>,
+}
+
+/// Events each log keeps decoded in memory, at most.
+const TAIL_MAX: usize = 16 * 1024;
+
+/// The newest events of a log as they were appended, shared by the
+/// dispatchers that read them soon after (the usual case): no read
+/// transaction, no decoding. Offsets below `floor` were trimmed or
+/// discarded on disk and are never served from here.
+#[derive(Default)]
+struct Tail {
+    floor: Offset,
+    records: std::collections::BTreeMap<Offset, (Arc<Event>, Arc<[(String, String)]>)>,
+}
+
+thread_local! {
+    /// The new oldest offsets a write transaction gave logs, applied to
+    /// their tails once it committed.
+    static NEW_BASES: std::cell::RefCell<Vec<(String, Offset)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Notes that `log`'s oldest kept offset becomes `base` in the current
+/// write transaction.
+fn note_base(log: &str, base: Offset) {
+    NEW_BASES.with(|b| b.borrow_mut().push((log.to_owned(), base)));
+}
+
+impl Inner {
+    /// Forgets the bases noted by a transaction that did not commit.
+    fn drop_noted_bases(&self) {
+        NEW_BASES.with(|b| b.borrow_mut().clear());
+    }
+
+    /// Raises the tails' floors to the bases a committed transaction
+    /// noted, dropping what is below.
+    fn apply_noted_bases(&self) {
+        let noted = NEW_BASES.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        if noted.is_empty() {
+            return;
+        }
+        let mut tails = self.tails.lock().unwrap_or_else(PoisonError::into_inner);
+        for (log, base) in noted {
+            let tail = tails.entry(log).or_default();
+            if base > tail.floor {
+                tail.floor = base;
+                tail.records = tail.records.split_off(&base);
+            }
+        }
+    }
 }
 
 impl fmt::Debug for DiskLog {
@@ -209,6 +269,7 @@ impl DiskLog {
             ends: Mutex::new(ends),
             writer: Mutex::new(()),
             appends: Mutex::new(appends),
+            tails: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
@@ -269,16 +330,42 @@ impl DiskLog {
         log: &str,
         f: impl FnOnce(&WriteTransaction, &str) -> Result<Written<T>, LogError> + Send + 'static,
     ) -> Result<T, LogError> {
-        self.blocking(log, |inner, log| {
+        self.write_with(log, redb::Durability::Immediate, f).await
+    }
+
+    /// [`DiskLog::write`] with the given durability: cursor commits use
+    /// [`redb::Durability::None`] (synced by the next append's commit, or
+    /// lost in a crash, which only re-delivers: at-least-once), so they do
+    /// not cost a sync each.
+    async fn write_with<T: Send + 'static>(
+        &self,
+        log: &str,
+        durability: redb::Durability,
+        f: impl FnOnce(&WriteTransaction, &str) -> Result<Written<T>, LogError> + Send + 'static,
+    ) -> Result<T, LogError> {
+        self.blocking(log, move |inner, log| {
             let _writer = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
-            let txn = inner
+            let mut txn = inner
                 .db
                 .begin_write()
                 .ctx(log, "cannot begin a transaction")?;
-            let written = f(&txn, log)?;
+            txn.set_durability(durability);
+            inner.drop_noted_bases();
+            let written = match f(&txn, log) {
+                Ok(written) => written,
+                Err(e) => {
+                    inner.drop_noted_bases();
+                    return Err(e);
+                }
+            };
             if written.dirty {
-                txn.commit().ctx(log, "cannot commit")?;
+                if let Err(e) = txn.commit().ctx(log, "cannot commit") {
+                    inner.drop_noted_bases();
+                    return Err(e);
+                }
+                inner.apply_noted_bases();
             } else {
+                inner.drop_noted_bases();
                 txn.abort().ctx(log, "cannot abort")?;
             }
             let mut ends = inner.ends.lock().unwrap_or_else(PoisonError::into_inner);
@@ -290,6 +377,11 @@ impl DiskLog {
                 }
                 EndUpdate::Remove => {
                     ends.remove(log);
+                    inner
+                        .tails
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(log);
                 }
             }
             Ok(written.value)
@@ -412,11 +504,14 @@ fn sweep(inner: &Inner) {
             }
         }
         if dirty {
-            txn.commit().ctx(&name, "cannot commit")
+            txn.commit().ctx(&name, "cannot commit")?;
+            inner.apply_noted_bases();
+            Ok(())
         } else {
             txn.abort().ctx(&name, "cannot abort")
         }
     })();
+    inner.drop_noted_bases();
     if let Err(e) = result {
         tracing::warn!(error = %e, "discarding expired events failed; will try again");
     }
@@ -460,6 +555,7 @@ fn discard_front(
     let mut logs = txn.open_table(LOGS).ctx(log, "cannot open logs")?;
     logs.insert(log, (new_base, next))
         .ctx(log, "cannot write the log")?;
+    note_base(log, new_base);
     add_size(txn, log, -i128::from(freed))?;
     Ok((new_base, freed))
 }
@@ -520,6 +616,7 @@ fn write_batch(inner: &Inner, batch: Vec<AppendRequest>) -> Vec<Reply> {
         Ok(txn) => txn,
         Err(e) => return fail_all(batch, &e),
     };
+    inner.drop_noted_bases();
     // Each request's outcome, and each log's end after the batch.
     let mut outcomes: Vec<Result<Offset, LogError>> = Vec::with_capacity(batch.len());
     let mut ends: HashMap<String, Offset> = HashMap::new();
@@ -544,8 +641,10 @@ fn write_batch(inner: &Inner, batch: Vec<AppendRequest>) -> Vec<Reply> {
         txn.abort().ctx(&name, "cannot abort")
     };
     if let Err(e) = committed {
+        inner.drop_noted_bases();
         return fail_all(batch, &e);
     }
+    inner.apply_noted_bases();
     {
         let mut senders = inner.ends.lock().unwrap_or_else(PoisonError::into_inner);
         for (log, next) in ends {
@@ -626,6 +725,7 @@ fn append_in(
         // they are not even written.
         logs.insert(log, (next, next))
             .ctx(log, "cannot write the log")?;
+        note_base(log, next);
     }
     Ok((first, next, count > 0))
 }
@@ -683,6 +783,7 @@ fn trim(txn: &WriteTransaction, log: &str, base: Offset, next: Offset) -> Result
     let mut logs = txn.open_table(LOGS).ctx(log, "cannot open logs")?;
     logs.insert(log, (keep_from, next))
         .ctx(log, "cannot write the log")?;
+    note_base(log, keep_from);
     drop(logs);
     drop(events);
     add_size(txn, log, -i128::from(freed))?;
@@ -719,8 +820,9 @@ struct HeadIn {
 /// variant, because the CloudEvents JSON format does not give back the
 /// variant it was given (binary JSON comes back as `Data::Json`, a string
 /// with a JSON content type too): the event read is the event appended.
-fn encode(entry: Entry, appended_ms: u64) -> Result<Vec<u8>, serde_json::Error> {
-    let Entry { mut event, headers } = entry;
+fn encode(entry: &Entry, appended_ms: u64) -> Result<Vec<u8>, serde_json::Error> {
+    let Entry { event, headers } = entry;
+    let mut event = event.clone();
     let (content_type, schema, data) = event.take_data();
     event.set_datacontenttype(content_type);
     event.set_dataschema(schema);
@@ -732,7 +834,7 @@ fn encode(entry: Entry, appended_ms: u64) -> Result<Vec<u8>, serde_json::Error> 
     };
     let head = serde_json::to_vec(&HeadOut {
         event: &event,
-        headers: &headers,
+        headers,
         data: kind,
     })?;
     let mut out = Vec::with_capacity(16 + head.len() + bytes.len());
@@ -840,9 +942,11 @@ impl EventLog for DiskLog {
     async fn append(&self, log: &str, entries: Vec<Entry>) -> Result<Offset, LogError> {
         // Encode before queueing: the writer thread only writes.
         let mut encoded = Vec::with_capacity(entries.len());
+        let mut kept = Vec::with_capacity(entries.len());
         let now = now_ms();
         for entry in entries {
-            encoded.push(encode(entry, now).ctx(log, "cannot encode an event")?);
+            encoded.push(encode(&entry, now).ctx(log, "cannot encode an event")?);
+            kept.push((Arc::new(entry.event), Arc::from(entry.headers)));
         }
         let (reply, replied) = tokio::sync::oneshot::channel();
         let request = AppendRequest {
@@ -863,16 +967,57 @@ impl EventLog for DiskLog {
                 source: None,
             });
         }
-        replied.await.unwrap_or_else(|_| {
+        let first = replied.await.unwrap_or_else(|_| {
             Err(LogError::Storage {
                 log: log.to_owned(),
                 message: "the writer thread stopped".to_owned(),
                 source: None,
             })
-        })
+        })?;
+        let mut tails = self
+            .inner
+            .tails
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let tail = tails.entry(log.to_owned()).or_default();
+        for (offset, record) in (first..).zip(kept) {
+            if offset >= tail.floor {
+                tail.records.insert(offset, record);
+            }
+        }
+        while tail.records.len() > TAIL_MAX {
+            tail.records.pop_first();
+        }
+        Ok(first)
     }
 
     async fn read(&self, log: &str, from: Offset, max: usize) -> Result<Vec<Record>, LogError> {
+        // From memory when the tail holds `from` and what follows it.
+        if max > 0 {
+            let tails = self
+                .inner
+                .tails
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(tail) = tails.get(log)
+                && from >= tail.floor
+                && tail.records.contains_key(&from)
+            {
+                let records: Vec<Record> = tail
+                    .records
+                    .range(from..)
+                    .take(max)
+                    .zip(from..)
+                    .take_while(|((offset, _), expected)| *offset == expected)
+                    .map(|((offset, (event, headers)), _)| Record {
+                        offset: *offset,
+                        event: Arc::clone(event),
+                        headers: Arc::clone(headers),
+                    })
+                    .collect();
+                return Ok(records);
+            }
+        }
         self.blocking(log, move |inner, log| {
             let txn = inner.db.begin_read().ctx(log, "cannot begin a read")?;
             let logs = txn.open_table(LOGS).ctx(log, "cannot open logs")?;
@@ -976,7 +1121,7 @@ impl EventLog for DiskLog {
 
     async fn commit(&self, log: &str, consumer: &str, offset: Offset) -> Result<(), LogError> {
         let consumer = consumer.to_owned();
-        self.write(log, move |txn, log| {
+        self.write_with(log, redb::Durability::None, move |txn, log| {
             let (base, next) = {
                 let logs = txn.open_table(LOGS).ctx(log, "cannot open logs")?;
                 meta(&logs, log)?
@@ -1551,7 +1696,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn retention_by_size_drops_the_oldest_and_keeps_the_log_under_its_bytes() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let one = encode(entry("e-000"), 0).expect("encodes").len() as u64;
+        let one = encode(&entry("e-000"), 0).expect("encodes").len() as u64;
         let max = one * 10 + one / 2;
         let log = DiskLog::open_with(
             db(&dir),
