@@ -135,6 +135,9 @@ struct Inner {
     tails: Mutex<HashMap<String, Tail>>,
 }
 
+/// An event kept in a [`Tail`], with its headers.
+type TailRecord = (Arc<Event>, Arc<[(String, String)]>);
+
 /// Events each log keeps decoded in memory, at most.
 const TAIL_MAX: usize = 16 * 1024;
 
@@ -145,7 +148,7 @@ const TAIL_MAX: usize = 16 * 1024;
 #[derive(Default)]
 struct Tail {
     floor: Offset,
-    records: std::collections::BTreeMap<Offset, (Arc<Event>, Arc<[(String, String)]>)>,
+    records: std::collections::BTreeMap<Offset, TailRecord>,
 }
 
 thread_local! {
