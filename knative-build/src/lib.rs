@@ -10,9 +10,11 @@
 //! | [`substitution`] | `$(params.*)`, `$(tasks.*.results.*)`, `$(workspaces.*)`, `$(context.*)` references | §1.4 |
 //! | [`scheduler`] | the PipelineRun DAG as a pure state machine | §1.7–§1.9 |
 //! | [`image`] | reproducible OCI image building, OCI layouts on disk, registry push and pull | §2 |
+//! | [`executor`] | the `StepExecutor` trait (one TaskRun attempt's steps, results, logs, cancellation) and `LocalExecutor` (steps as host processes, the built-in image step in-process) | §1.2, §1.5, §1.6, §1.10, §4, §5 |
+//! | [`reconciler`] | `TaskRunReconciler` and `PipelineRunReconciler` over the object store, and `Build`, both controllers wired together | §1.7–§1.10 |
 //!
-//! Still to come: `executor` (the `StepExecutor` trait and a local process
-//! executor, §1.10).
+//! Features: `mock` adds `executor::MockStepExecutor` (mockall) for tests
+//! of code that drives an executor.
 //!
 //! ```
 //! use knative_core::apis::{Context, SetDefaults, Validate};
@@ -39,6 +41,8 @@
 //! ```
 
 pub mod api;
+pub mod executor;
 pub mod image;
+pub mod reconciler;
 pub mod scheduler;
 pub mod substitution;

@@ -3,143 +3,19 @@
 //! (specs/BUILD.md §2.5). Needs `/usr/bin/docker-registry` and `skopeo`
 //! (Debian packages `docker-registry` and `skopeo`).
 
+mod common;
+
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
 
-use knative_build::image::{
-    BuiltImage, Credentials, ImageBuilder, ImageError, OciLayout, RegistryClient,
-};
+use common::{Registry, free_port, skopeo, skopeo_run};
+use knative_build::image::{BuiltImage, ImageBuilder, ImageError, OciLayout, RegistryClient};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-/// A `docker-registry` child process with its own config and storage,
-/// killed when dropped.
-struct Registry {
-    child: Child,
-    host: String,
-    dir: tempfile::TempDir,
-}
-
-impl Registry {
-    /// An open registry (anonymous push and pull).
-    fn start() -> Result<Self, Box<dyn std::error::Error>> {
-        Self::start_with(None)
-    }
-
-    /// A registry that wants HTTP Basic auth for `user`/`password`.
-    fn start_with_user(user: &str, password: &str) -> Result<Self, Box<dyn std::error::Error>> {
-        Self::start_with(Some((user, password)))
-    }
-
-    fn start_with(user: Option<(&str, &str)>) -> Result<Self, Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let port = free_port()?;
-        let host = format!("127.0.0.1:{port}");
-        let mut config = format!(
-            "version: 0.1\n\
-             log:\n  level: error\n\
-             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-             http:\n  addr: {host}\n",
-            dir.path().join("data").display()
-        );
-        if let Some((name, password)) = user {
-            let hash =
-                bcrypt::hash_with_result(password, 4)?.format_for_version(bcrypt::Version::TwoA);
-            let htpasswd = dir.path().join("htpasswd");
-            fs::write(&htpasswd, format!("{name}:{hash}\n"))?;
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: knative-build-test\n    path: {}\n",
-                htpasswd.display()
-            ));
-        }
-        let config_path = dir.path().join("config.yml");
-        fs::write(&config_path, config)?;
-        let log = fs::File::create(dir.path().join("registry.log"))?;
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config_path)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| {
-                format!("cannot start docker-registry (apt-get install docker-registry): {e}")
-            })?;
-        let registry = Self { child, host, dir };
-        registry.wait_ready()?;
-        Ok(registry)
-    }
-
-    fn wait_ready(&self) -> Result<(), Box<dyn std::error::Error>> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(mut stream) = TcpStream::connect(&self.host) {
-                stream.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n")?;
-                let mut answer = String::new();
-                let _ = stream.read_to_string(&mut answer);
-                if answer.starts_with("HTTP/1.") {
-                    return Ok(());
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let log = fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default();
-        Err(format!("docker-registry on {} did not start:\n{log}", self.host).into())
-    }
-
-    fn client(&self) -> Result<RegistryClient, ImageError> {
-        RegistryClient::builder().plain_http(&self.host).build()
-    }
-
-    fn client_as(&self, user: &str, password: &str) -> Result<RegistryClient, ImageError> {
-        RegistryClient::builder()
-            .plain_http(&self.host)
-            .credentials(&self.host, Credentials::basic(user, password))
-            .build()
-    }
-
-    fn image(&self, repo_and_tag: &str) -> String {
-        format!("{}/{repo_and_tag}", self.host)
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Runs skopeo and parses its JSON output.
-fn skopeo(args: &[&str]) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
-    let stdout = skopeo_run(args)?;
-    Ok(serde_json::from_slice(&stdout)?)
-}
-
-/// Runs skopeo and returns its standard output.
-fn skopeo_run(args: &[&str]) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
-    let output = Command::new("skopeo")
-        .arg("--insecure-policy")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run skopeo (apt-get install skopeo): {e}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "skopeo {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-        .into());
-    }
-    Ok(output.stdout)
-}
 
 fn strings(value: &serde_json::Value) -> Vec<String> {
     value

@@ -14,9 +14,8 @@
 //! | [`delivery`] | retries, backoff, `Retry-After`, replies and dead letters (§5) |
 //! | [`ping`] | PingSource cron schedules in IANA zones, the ping event, the `K_SINK`/`K_CE_OVERRIDES` adapter environment (§6) |
 //! | [`broker`] | the broker data path: ingress `POST /{namespace}/{broker}` and per-trigger dispatchers (§1.3–§1.5) |
-//! | [`reconciler`] | Broker and Trigger reconcilers: status, address and destination resolution, data-plane programming |
-//!
-//! Still to come: the subscription, flow and source reconcilers.
+//! | [`channel`] | the channel data path: ingress `POST /{namespace}/{channel}` and per-subscription dispatchers (§4) |
+//! | [`reconciler`] | the reconcilers of every kind but ApiServerSource: status, address and destination resolution, children of flows, data-plane programming, PingSource schedules, SinkBinding and ContainerSource through platform traits (§1, §4, §6) |
 
 pub mod api;
 pub mod binding;

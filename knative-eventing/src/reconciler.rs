@@ -1,6 +1,19 @@
-//! The Broker and Trigger reconcilers (`specs/EVENTING.md §1.1`, `§1.2`):
-//! they program the [`Brokers`] data plane from the objects and write
-//! their status.
+//! The reconcilers of Knative Eventing: they program the data planes
+//! ([`Brokers`], [`Channels`](crate::channel::Channels), the
+//! [`PingScheduler`]) from the objects, create the children flows are made
+//! of, and write every object's status.
+//!
+//! | reconciler | kind | spec |
+//! |---|---|---|
+//! | [`BrokerReconciler`] | Broker | `specs/EVENTING.md §1.1` |
+//! | [`TriggerReconciler`] | Trigger | `§1.2` |
+//! | [`InMemoryChannelReconciler`] | InMemoryChannel | `§4` |
+//! | [`ChannelReconciler`] | Channel | `§4` |
+//! | [`SubscriptionReconciler`] | Subscription | `§4` |
+//! | [`SequenceReconciler`], [`ParallelReconciler`] | Sequence, Parallel | `§4` |
+//! | [`PingSourceReconciler`] | PingSource | `§6` |
+//! | [`SinkBindingReconciler`] | SinkBinding | `§6` |
+//! | [`ContainerSourceReconciler`] | ContainerSource | `§6` |
 //!
 //! - [`BrokerReconciler`]: resolves the dead-letter sink, creates the
 //!   broker's log and ingress route, and reports `status.address.url`
@@ -14,15 +27,24 @@
 //!   the filters and starts the trigger's dispatcher (`SubscriptionReady`);
 //!   `DependencyReady` is `True`.
 //!
-//! Both add a finalizer so that deleting the object stops its data path.
+//! Objects whose deletion must stop a data path carry a finalizer.
 //! Destinations are resolved by an [`AddressResolver`]: absolute URIs as
-//! they are, references through the resolver (brokers are known here;
-//! the embedded platform adds Knative Services and the like).
+//! they are, references through the resolver ([`EventingAddresses`] knows
+//! every addressable eventing kind; the embedded platform chains Knative
+//! Services and the like after it). Every reconcile runs in a tracing span
+//! naming the object.
+//!
+//! Each reconciler of the channel, flow and source kinds has an
+//! `into_controller` that returns a
+//! [`Controller`](knative_core::runtime::Controller) already watching what
+//! the reconciler depends on (owned children, the channels a Subscription
+//! is listed in).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use knative_core::condition::ConditionSet;
 use knative_core::runtime::{Action, Reconciler};
 use knative_core::store::{ApiObject, Objects, StoreError};
@@ -31,8 +53,30 @@ use tracing::debug;
 use crate::api::duck::is_absolute_uri;
 use crate::api::{Addressable, Broker, Destination, KReference, Trigger};
 use crate::broker::{Brokers, IngressError, TriggerRoute};
+use crate::channel::ChannelError;
 use crate::filter::Filter;
 use crate::log::LogError;
+
+mod addresses;
+mod flows;
+mod messaging;
+mod sources;
+pub mod testing;
+
+pub use addresses::{EventingAddresses, EventingObjects};
+pub use flows::{
+    ParallelBranchChildren, ParallelChildren, ParallelReconciler, SequenceChildren,
+    SequenceReconciler, parallel_children, sequence_children,
+};
+pub use messaging::{
+    ChannelReconciler, IN_MEMORY_CHANNEL_FINALIZER, InMemoryChannelReconciler,
+    SUBSCRIPTION_FINALIZER, SubscriptionReconciler,
+};
+pub use sources::{
+    BindingTarget, CONTAINER_SOURCE_FINALIZER, ContainerRunner, ContainerSourceReconciler,
+    PING_SOURCE_FINALIZER, PingScheduler, PingSourceReconciler, SINK_BINDING_FINALIZER,
+    SinkBindingReconciler, inject_sink_env,
+};
 
 /// The finalizer of Brokers.
 pub const BROKER_FINALIZER: &str = "brokers.eventing.knative.dev";
@@ -53,6 +97,75 @@ pub enum ReconcileError {
     /// The data plane refused.
     #[error(transparent)]
     Ingress(#[from] IngressError),
+    /// The channel data plane refused.
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    /// The platform could not bind a workload or run a container
+    /// ([`BindingTarget`], [`ContainerRunner`]).
+    #[error("{0}")]
+    Workload(String),
+}
+
+/// An owner reference to `owner` that marks it as the controller (as
+/// `kmeta.NewControllerRef` makes them: `controller` and
+/// `blockOwnerDeletion` set).
+pub fn controller_reference<K: ApiObject>(owner: &K) -> OwnerReference {
+    OwnerReference {
+        api_version: K::api_version_name(),
+        kind: K::kind_name(),
+        name: owner.meta().name.clone().unwrap_or_default(),
+        uid: owner.meta().uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// Whether `meta` is controlled by the object with uid `owner_uid`.
+pub fn is_controlled_by(meta: &ObjectMeta, owner_uid: Option<&str>) -> bool {
+    let Some(uid) = owner_uid.filter(|u| !u.is_empty()) else {
+        return false;
+    };
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && r.uid == uid)
+}
+
+/// The group of an `apiVersion` (`messaging.knative.dev/v1` →
+/// `messaging.knative.dev`; the core `v1` → ``).
+pub(crate) fn group_of(api_version: &str) -> &str {
+    api_version.rsplit_once('/').map_or("", |(group, _)| group)
+}
+
+/// The group a reference names: from its `apiVersion`, else its `group`.
+pub(crate) fn reference_group(reference: &KReference) -> &str {
+    match reference.api_version.as_deref().filter(|v| !v.is_empty()) {
+        Some(v) => group_of(v),
+        None => reference.group.as_deref().unwrap_or_default(),
+    }
+}
+
+/// The namespace and name of an object (empty strings when unset).
+pub(crate) fn namespace_and_name<K: ApiObject>(object: &K) -> (String, String) {
+    (
+        object.meta().namespace.clone().unwrap_or_default(),
+        object.meta().name.clone().unwrap_or_default(),
+    )
+}
+
+/// Writes `updated`'s status. A conflict means a newer version exists,
+/// whose watch event reconciles again: it asks for a quick requeue instead
+/// of failing.
+pub(crate) async fn write_status<K: ApiObject>(
+    objects: &dyn Objects<K>,
+    updated: &K,
+) -> Result<Option<Action>, StoreError> {
+    match objects.replace_status(updated).await {
+        Ok(_) => Ok(None),
+        Err(e) if e.is_conflict() => Ok(Some(Action::requeue_after(Duration::from_millis(50)))),
+        Err(e) if e.is_not_found() => Ok(Some(Action::await_change())),
+        Err(e) => Err(e),
+    }
 }
 
 /// Turns references into URLs.

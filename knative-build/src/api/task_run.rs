@@ -47,6 +47,16 @@ pub mod reasons {
     pub const STEP_FAILED: &str = "StepFailed";
     /// False: the pod was evicted.
     pub const POD_EVICTED: &str = "PodEvicted";
+    /// False: a result was larger than the executor accepts.
+    pub const RESULT_LARGER_THAN_ALLOWED: &str = "TaskRunResultLargerThanAllowedLimit";
+    /// False: the TaskRun (or the Task it runs) is not valid.
+    pub const VALIDATION_FAILED: &str = "TaskRunValidationFailed";
+    /// False: the Task named by `taskRef` could not be read.
+    pub const COULDNT_GET_TASK: &str = "CouldntGetTask";
+    /// False: a param value could not be substituted.
+    pub const INVALID_PARAM_VALUE: &str = "InvalidParamValue";
+    /// False: the executor cannot run the Task, or lost a started attempt.
+    pub const EXECUTION_FAILED: &str = "TaskRunExecutionFailed";
 }
 
 /// A reference to a Task (or another kind that runs like one).
