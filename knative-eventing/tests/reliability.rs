@@ -171,8 +171,17 @@ struct BrokerProcess {
 }
 
 impl BrokerProcess {
-    fn start(db: &std::path::Path, port: u16, subscriber: &str) -> BrokerProcess {
-        let mut child = Command::new(std::env::current_exe().expect("test binary"))
+    fn start(
+        db: &std::path::Path,
+        port: u16,
+        subscriber: &str,
+        nats: Option<&str>,
+    ) -> BrokerProcess {
+        let mut command = Command::new(std::env::current_exe().expect("test binary"));
+        if let Some(url) = nats {
+            command.env("KN_CHILD_NATS", url);
+        }
+        let mut child = command
             .args([
                 "--exact",
                 "child_broker_process",
@@ -231,15 +240,20 @@ async fn child_broker_process() {
         .parse()
         .expect("port");
     let subscriber = std::env::var("KN_CHILD_SUBSCRIBER").expect("KN_CHILD_SUBSCRIBER");
-    let log = tokio::task::spawn_blocking(move || DiskLog::open(db))
-        .await
-        .expect("task")
-        .expect("opens the log");
-    let brokers = Brokers::new(
-        Arc::new(log),
-        IngressConfig::default(),
-        DispatchConfig::default(),
-    );
+    let log: Arc<dyn knative_eventing::log::EventLog> = match std::env::var("KN_CHILD_NATS") {
+        Ok(url) => Arc::new(
+            knative_eventing::log::nats::NatsLog::connect(&url, Default::default())
+                .await
+                .expect("connects to nats-server"),
+        ),
+        Err(_) => Arc::new(
+            tokio::task::spawn_blocking(move || DiskLog::open(db))
+                .await
+                .expect("task")
+                .expect("opens the log"),
+        ),
+    };
+    let brokers = Brokers::new(log, IngressConfig::default(), DispatchConfig::default());
     brokers
         .upsert_broker("default", "default", None, None)
         .await
@@ -283,6 +297,63 @@ fn free_port() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_killed_mid_stream_delivers_every_acknowledged_event_after_a_restart() {
+    kill_mid_stream(None).await;
+}
+
+/// `nats-server -js` on a free port with a temporary store; killed when
+/// dropped.
+struct NatsServer {
+    child: Child,
+    url: String,
+    _store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    fn start() -> NatsServer {
+        let store = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start nats-server ({e}); Debian: apt-get install nats-server")
+            });
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "nats-server never listened"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        NatsServer {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+            _store: store,
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_on_nats_killed_mid_stream_delivers_every_acknowledged_event_after_a_restart() {
+    let nats = NatsServer::start();
+    kill_mid_stream(Some(&nats.url)).await;
+}
+
+/// Streams 100 000 events into a broker process (on a `DiskLog`, or on
+/// NATS JetStream at `nats`), kills it with SIGKILL a third of the way in,
+/// restarts it, and checks every acknowledged event was delivered.
+async fn kill_mid_stream(nats: Option<&str>) {
     const EVENTS: usize = 100_000;
     const PRODUCERS: usize = 16;
     let subscriber = Counting::start().await;
@@ -290,7 +361,7 @@ async fn a_broker_killed_mid_stream_delivers_every_acknowledged_event_after_a_re
     let db = dir.path().join("broker.redb");
     let port = free_port();
     let ingress: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut broker = BrokerProcess::start(&db, port, &subscriber.url);
+    let mut broker = BrokerProcess::start(&db, port, &subscriber.url, nats);
 
     let acked = Arc::new(AtomicUsize::new(0));
     let retried = Arc::new(AtomicUsize::new(0));
@@ -323,7 +394,7 @@ async fn a_broker_killed_mid_stream_delivers_every_acknowledged_event_after_a_re
     let acked_at_kill = acked.load(Ordering::Relaxed);
     let delivered_at_kill = subscriber.distinct();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut broker = BrokerProcess::start(&db, port, &subscriber.url);
+    let mut broker = BrokerProcess::start(&db, port, &subscriber.url, nats);
     for producer in producers {
         producer.await.expect("producer");
     }
@@ -343,9 +414,10 @@ async fn a_broker_killed_mid_stream_delivers_every_acknowledged_event_after_a_re
         .collect();
     assert!(missing.is_empty(), "never delivered: {missing:?}");
     println!(
-        "kill -9 at {acked_at_kill} acknowledged / {delivered_at_kill} delivered events; \
+        "{}: kill -9 at {acked_at_kill} acknowledged / {delivered_at_kill} delivered events; \
          {EVENTS} acknowledged, all delivered, {duplicates} duplicates, \
          {} producer retries, {:.1} s",
+        if nats.is_some() { "NATS" } else { "DiskLog" },
         retried.load(Ordering::Relaxed),
         start.elapsed().as_secs_f64()
     );
