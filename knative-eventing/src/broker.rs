@@ -37,13 +37,12 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::api::{DeliverySpec, RetryPolicy};
 use crate::binding;
 use crate::delivery::{self, Outcome, Sender, Target};
-use crate::dispatcher::{self, Delivery, Handler};
+use crate::dispatcher::{self, Consumer, Delivery, Handler};
 use crate::filter::Filter;
 use crate::log::{Entry, EventLog, LogError, Record};
 
@@ -159,12 +158,7 @@ fn broker_key(namespace: &str, name: &str) -> String {
 struct BrokerState {
     delivery: Option<DeliverySpec>,
     dead_letter_sink: Option<String>,
-    triggers: HashMap<String, TriggerState>,
-}
-
-struct TriggerState {
-    route: watch::Sender<Arc<dyn Handler>>,
-    task: JoinHandle<()>,
+    triggers: HashMap<String, Consumer>,
 }
 
 /// One trigger's handling of a record: a [`TriggerRoute`] on its broker.
@@ -177,12 +171,6 @@ struct TriggerHandler {
 impl Handler for TriggerHandler {
     fn handle(self: Arc<Self>, record: Record) -> Delivery {
         Box::pin(async move { process(&self, record).await })
-    }
-}
-
-impl Drop for TriggerState {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -340,26 +328,14 @@ impl Brokers {
             log_name: key.clone(),
             route,
         });
-        if let Some(existing) = state.triggers.get(trigger)
-            && !existing.task.is_finished()
-        {
-            existing.route.send_replace(route);
-            return Ok(());
-        }
-        let (tx, rx) = watch::channel(route);
-        let task = tokio::spawn(
-            dispatcher::run(
-                Arc::clone(&self.inner.log),
-                key.clone(),
-                consumer,
-                self.inner.dispatch.max_in_flight,
-                rx,
+        let log = Arc::clone(&self.inner.log);
+        let max_in_flight = self.inner.dispatch.max_in_flight;
+        Consumer::program(&mut state.triggers, trigger, route, |rx| {
+            tokio::spawn(
+                dispatcher::run(log, key.clone(), consumer, max_in_flight, rx)
+                    .instrument(info_span!("dispatcher", broker = %key, trigger)),
             )
-            .instrument(info_span!("dispatcher", broker = %key, trigger)),
-        );
-        state
-            .triggers
-            .insert(trigger.to_owned(), TriggerState { route: tx, task });
+        });
         Ok(())
     }
 
@@ -378,11 +354,10 @@ impl Brokers {
             .unwrap_or_else(PoisonError::into_inner)
             .get_mut(&key)
             .and_then(|b| b.triggers.remove(trigger));
-        if let Some(mut state) = removed {
+        if let Some(state) = removed {
             // Wait for the dispatcher to be gone before forgetting its
             // cursor, so that no last commit brings it back.
-            state.task.abort();
-            let _ = (&mut state.task).await;
+            state.stop().await;
         }
         self.inner
             .log

@@ -40,15 +40,13 @@ use cloudevents::{AttributesReader, Event};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::api::{DeliverySpec, RetryPolicy};
 use crate::binding;
 use crate::broker::{DispatchConfig, pass_through_headers, read_events, reply, serve_http};
 use crate::delivery::{self, Outcome, Sender, Target};
-use crate::dispatcher::{self, Delivery, Handler};
+use crate::dispatcher::{self, Consumer, Delivery, Handler};
 use crate::log::{Entry, EventLog, LogError, Record};
 
 /// The host suffix of a channel's cluster-local address.
@@ -101,18 +99,7 @@ pub enum ChannelError {
 struct ChannelState {
     delivery: Option<DeliverySpec>,
     dead_letter_sink: Option<String>,
-    subscriptions: HashMap<String, SubscriptionState>,
-}
-
-struct SubscriptionState {
-    route: watch::Sender<Arc<dyn Handler>>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for SubscriptionState {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    subscriptions: HashMap<String, Consumer>,
 }
 
 struct Inner {
@@ -271,27 +258,14 @@ impl Channels {
             log_name: key.clone(),
             route,
         });
-        if let Some(existing) = state.subscriptions.get(subscription)
-            && !existing.task.is_finished()
-        {
-            existing.route.send_replace(handler);
-            return Ok(());
-        }
-        let (tx, rx) = watch::channel(handler);
-        let task = tokio::spawn(
-            dispatcher::run(
-                Arc::clone(&self.inner.log),
-                key.clone(),
-                consumer,
-                self.inner.dispatch.max_in_flight,
-                rx,
+        let log = Arc::clone(&self.inner.log);
+        let max_in_flight = self.inner.dispatch.max_in_flight;
+        Consumer::program(&mut state.subscriptions, subscription, handler, |rx| {
+            tokio::spawn(
+                dispatcher::run(log, key.clone(), consumer, max_in_flight, rx)
+                    .instrument(info_span!("dispatcher", channel = %key, subscription)),
             )
-            .instrument(info_span!("dispatcher", channel = %key, subscription)),
-        );
-        state.subscriptions.insert(
-            subscription.to_owned(),
-            SubscriptionState { route: tx, task },
-        );
+        });
         Ok(())
     }
 
@@ -308,9 +282,8 @@ impl Channels {
             .channels()
             .get_mut(&key)
             .and_then(|c| c.subscriptions.remove(subscription));
-        if let Some(mut state) = removed {
-            state.task.abort();
-            let _ = (&mut state.task).await;
+        if let Some(state) = removed {
+            state.stop().await;
         }
         match self
             .inner

@@ -28,6 +28,48 @@ pub(crate) trait Handler: Send + Sync + 'static {
     fn handle(self: Arc<Self>, record: Record) -> Delivery;
 }
 
+/// A running dispatcher and the sender that re-programs it; dropping it
+/// stops the dispatcher. Brokers keep one per trigger, channels one per
+/// subscription.
+pub(crate) struct Consumer {
+    route: watch::Sender<Arc<dyn Handler>>,
+    task: JoinHandle<()>,
+}
+
+impl Consumer {
+    /// Hands `handler` to the running dispatcher `name` in `consumers`, or
+    /// starts one with `start` (given the receiver it follows).
+    pub(crate) fn program(
+        consumers: &mut HashMap<String, Consumer>,
+        name: &str,
+        handler: Arc<dyn Handler>,
+        start: impl FnOnce(watch::Receiver<Arc<dyn Handler>>) -> JoinHandle<()>,
+    ) {
+        if let Some(existing) = consumers.get(name)
+            && !existing.task.is_finished()
+        {
+            existing.route.send_replace(handler);
+            return;
+        }
+        let (route, rx) = watch::channel(handler);
+        let task = start(rx);
+        consumers.insert(name.to_owned(), Consumer { route, task });
+    }
+
+    /// Stops the dispatcher and waits until it is gone (so that no last
+    /// commit brings its cursor back after it is forgotten).
+    pub(crate) async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// One consumer's dispatcher: reads `log_name` from `consumer`'s cursor,
 /// hands every record to the current handler (at most `max_in_flight` at
 /// a time, each on a task of its own), and commits the cursor up to the
