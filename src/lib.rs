@@ -35,7 +35,7 @@ pub use knative_kube_adapter as kube;
 #[cfg(feature = "serving")]
 pub use knative_serving as serving;
 
-#[cfg(all(feature = "serving", feature = "eventing"))]
+#[cfg(all(feature = "serving", feature = "eventing", feature = "build"))]
 pub mod local;
 
 /// This release of knative-rs.

@@ -54,15 +54,21 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use knative_build::executor::{LocalExecutor, LocalExecutorConfig, StepExecutor};
+use knative_build::reconciler::{Build, BuildObjects};
 use knative_core::apis::{Context, SetDefaults, Validate};
 use knative_core::runtime::Controller;
 use knative_core::store::{ApiObject, InMemoryStore, Objects, StoreError};
-use knative_eventing::api::{Broker, KReference, Trigger};
+use knative_eventing::api::KReference;
 use knative_eventing::broker::{Brokers, DispatchConfig, IngressConfig};
+use knative_eventing::channel::Channels;
 use knative_eventing::delivery::Sender;
 use knative_eventing::log::EventLog;
 use knative_eventing::reconciler::{
-    AddressResolver, BrokerAddresses, BrokerReconciler, TriggerReconciler,
+    AddressResolver, BrokerReconciler, ChannelReconciler, ContainerSourceReconciler,
+    EventingAddresses, EventingObjects, InMemoryChannelReconciler, ParallelReconciler,
+    PingScheduler, PingSourceReconciler, SequenceReconciler, SinkBindingReconciler,
+    SubscriptionReconciler, TriggerReconciler,
 };
 use knative_serving::api::{Route, Service};
 use knative_serving::backend::WorkloadKey;
@@ -88,6 +94,10 @@ pub struct PlatformConfig {
     pub ingress_port: u16,
     /// The broker ingress's port on 127.0.0.1 (0: any free port).
     pub broker_port: u16,
+    /// The channel ingress's port on 127.0.0.1 (0: any free port):
+    /// InMemoryChannels (and so Sequences and Parallels) take events at
+    /// `/{namespace}/{channel}` there.
+    pub channel_port: u16,
     /// The domain of services' URLs (`{name}.{namespace}.{domain}`).
     pub domain: String,
     /// Commands that stand for images, by image name (added to the sample
@@ -110,6 +120,7 @@ impl Default for PlatformConfig {
             state_dir: None,
             ingress_port: 0,
             broker_port: 0,
+            channel_port: 0,
             domain: "localhost".to_owned(),
             images: HashMap::new(),
             sample_app: None,
@@ -130,7 +141,9 @@ pub enum PlatformError {
     Invalid(String),
     /// No such kind.
     #[error(
-        "unknown kind {0:?}: try one of service (ksvc), configuration, revision, route, broker, trigger"
+        "unknown kind {0:?}: try one of service (ksvc), configuration, revision, route, \
+         broker, trigger, inmemorychannel (imc), channel, subscription, sequence, parallel, \
+         pingsource, sinkbinding, containersource, task, taskrun (tr), pipeline, pipelinerun (pr)"
     )]
     UnknownKind(String),
     /// The object store refused.
@@ -191,6 +204,9 @@ struct Inner {
     serving: ServingObjects,
     ingress: SocketAddr,
     broker_ingress: SocketAddr,
+    channel_ingress: SocketAddr,
+    executor: Arc<LocalExecutor>,
+    build: BuildObjects,
     domain: String,
     events: Arc<Mutex<VecDeque<SeenEvent>>>,
     stop: watch::Sender<bool>,
@@ -264,6 +280,205 @@ impl AddressResolver for ServingAddresses {
     }
 }
 
+/// SinkBinding subjects on the local platform: Knative Services (by name
+/// or label selector). Binding sets the variables on the Service's
+/// template, so its next Revision has them, as upstream's SinkBinding does
+/// for a `serving.knative.dev/v1` Service (`specs/EVENTING.md §6`).
+struct ServiceBindingTarget {
+    services: Arc<dyn Objects<Service>>,
+}
+
+impl ServiceBindingTarget {
+    /// The Services `subject` names in `namespace`.
+    async fn subjects(
+        &self,
+        namespace: &str,
+        subject: &knative_eventing::api::BindingSubject,
+    ) -> Result<Vec<Service>, String> {
+        let serving = subject.api_version.starts_with("serving.knative.dev/");
+        if !serving || subject.kind != "Service" {
+            return Err(format!(
+                "the local platform binds Knative Services (serving.knative.dev/v1 Service), \
+                 not {} {}",
+                subject.api_version, subject.kind
+            ));
+        }
+        let ns = subject
+            .namespace
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(namespace);
+        if let Some(name) = subject.name.as_deref() {
+            return match self.services.get(Some(ns), name).await {
+                Ok(service) => Ok(vec![service]),
+                Err(e) if e.is_not_found() => Ok(Vec::new()),
+                Err(e) => Err(e.to_string()),
+            };
+        }
+        let selector = match &subject.selector {
+            Some(selector) => Selector::try_from(selector.clone())
+                .map_err(|e| format!("subject.selector: {e}"))?,
+            None => Selector::default(),
+        };
+        self.services
+            .list(Some(ns), &selector)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Rewrites the environment of every container of each subject with
+    /// `edit`, writing only Services that change (retrying conflicts).
+    async fn edit(
+        &self,
+        namespace: &str,
+        subject: &knative_eventing::api::BindingSubject,
+        edit: &(dyn Fn(&mut Vec<k8s_openapi::api::core::v1::EnvVar>) + Send + Sync),
+    ) -> Result<(), String> {
+        for attempt in 0..5 {
+            let mut conflict = false;
+            for mut service in self.subjects(namespace, subject).await? {
+                let before = service.spec.clone();
+                for container in &mut service.spec.template.spec.pod_spec.containers {
+                    let mut env = container.env.take().unwrap_or_default();
+                    edit(&mut env);
+                    container.env = (!env.is_empty()).then_some(env);
+                }
+                if service.spec == before {
+                    continue;
+                }
+                match self.services.replace(&service).await {
+                    Ok(_) => {}
+                    Err(e) if e.is_conflict() && attempt < 4 => conflict = true,
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            if !conflict {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl knative_eventing::reconciler::BindingTarget for ServiceBindingTarget {
+    async fn bind(
+        &self,
+        namespace: &str,
+        subject: &knative_eventing::api::BindingSubject,
+        env: Vec<(String, String)>,
+    ) -> Result<(), String> {
+        let edit = move |vars: &mut Vec<k8s_openapi::api::core::v1::EnvVar>| {
+            for (name, value) in &env {
+                match vars.iter_mut().find(|v| &v.name == name) {
+                    Some(var) if var.value.as_deref() == Some(value) => {}
+                    Some(var) => {
+                        var.value = Some(value.clone());
+                        var.value_from = None;
+                    }
+                    None => vars.push(k8s_openapi::api::core::v1::EnvVar {
+                        name: name.clone(),
+                        value: Some(value.clone()),
+                        ..Default::default()
+                    }),
+                }
+            }
+        };
+        self.edit(namespace, subject, &edit).await
+    }
+
+    async fn unbind(
+        &self,
+        namespace: &str,
+        subject: &knative_eventing::api::BindingSubject,
+        names: &[&str],
+    ) -> Result<(), String> {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let edit = move |vars: &mut Vec<k8s_openapi::api::core::v1::EnvVar>| {
+            vars.retain(|v| !names.contains(&v.name));
+        };
+        match self.edit(namespace, subject, &edit).await {
+            // A subject of another kind was never bound.
+            Err(e) if e.starts_with("the local platform binds") => Ok(()),
+            other => other,
+        }
+    }
+}
+
+/// The workload running ContainerSource `name`, named as upstream names its
+/// Deployment.
+fn container_source_workload(name: &str) -> String {
+    format!("{name}-deployment")
+}
+
+/// ContainerSources on the local platform: the template's first container
+/// as a local process (one replica, restarted when it exits), through the
+/// same [`LocalBackend`] that runs revisions; its output is read with
+/// [`Platform::logs`]. Upstream runs a Deployment `{name}-deployment`.
+struct LocalContainerRunner {
+    backend: LocalBackend,
+}
+
+#[async_trait]
+impl knative_eventing::reconciler::ContainerRunner for LocalContainerRunner {
+    async fn ensure(
+        &self,
+        namespace: &str,
+        name: &str,
+        template: k8s_openapi::api::core::v1::PodTemplateSpec,
+    ) -> Result<(), String> {
+        use knative_serving::backend::{WorkloadBackend as _, WorkloadSpec};
+        let mut containers = template.spec.map(|p| p.containers).unwrap_or_default();
+        if containers.is_empty() {
+            return Err("template.spec.containers: missing field".to_owned());
+        }
+        for container in &mut containers {
+            // A source sends events and need not listen: it is ready once
+            // it runs.
+            if container.readiness_probe.is_none() {
+                container.readiness_probe = Some(k8s_openapi::api::core::v1::Probe {
+                    exec: Some(k8s_openapi::api::core::v1::ExecAction {
+                        command: Some(vec!["true".to_owned()]),
+                    }),
+                    ..Default::default()
+                });
+            }
+        }
+        let labels = template
+            .metadata
+            .and_then(|m| m.labels)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let key = WorkloadKey::new(namespace, container_source_workload(name));
+        let spec = WorkloadSpec {
+            key: key.clone(),
+            containers,
+            serving_container: 0,
+            container_port: 8080,
+            labels,
+            termination_grace_period: Duration::from_secs(10),
+            owner: None,
+        };
+        self.backend
+            .ensure(&spec)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.backend.scale(&key, 1).await.map_err(|e| e.to_string())
+    }
+
+    async fn remove(&self, namespace: &str, name: &str) -> Result<(), String> {
+        use knative_serving::backend::WorkloadBackend as _;
+        self.backend
+            .remove(&WorkloadKey::new(
+                namespace,
+                container_source_workload(name),
+            ))
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
 impl Platform {
     /// Starts every controller and data plane; returns once they listen.
     pub async fn start(config: PlatformConfig) -> Result<Platform, PlatformError> {
@@ -334,41 +549,70 @@ impl Platform {
             (config.domain.clone(), ingress),
         ]);
         let brokers = Brokers::with_sender(
-            log,
+            Arc::clone(&log),
             IngressConfig::default(),
             DispatchConfig::default(),
-            sender,
+            sender.clone(),
         );
         let broker_listener = tokio::net::TcpListener::bind(("127.0.0.1", config.broker_port))
             .await
             .map_err(|e| start(&format!("broker port {}: {e}", config.broker_port)))?;
         let broker_ingress = broker_listener.local_addr().map_err(|e| start(&e))?;
-        let broker_objects: Arc<dyn Objects<Broker>> = Arc::new(store.objects::<Broker>());
-        let trigger_objects: Arc<dyn Objects<Trigger>> = Arc::new(store.objects::<Trigger>());
-        let resolver: Arc<dyn AddressResolver> = Arc::new(BrokerAddresses::new(
-            Arc::clone(&broker_objects),
+        let eventing = EventingObjects::in_memory(&store);
+        let resolver: Arc<dyn AddressResolver> = Arc::new(EventingAddresses::new(
+            &eventing,
             Some(Arc::new(ServingAddresses {
                 services: Arc::clone(&objects.services),
                 routes: Arc::clone(&objects.routes),
             })),
         ));
         let broker_controller = Controller::new(
-            Arc::clone(&broker_objects),
+            Arc::clone(&eventing.brokers),
             Arc::new(BrokerReconciler::new(
-                Arc::clone(&broker_objects),
+                Arc::clone(&eventing.brokers),
                 brokers.clone(),
                 Arc::clone(&resolver),
                 format!("http://{broker_ingress}"),
             )),
         );
         let trigger_controller = Controller::new(
-            Arc::clone(&trigger_objects),
+            Arc::clone(&eventing.triggers),
             Arc::new(TriggerReconciler::new(
-                Arc::clone(&trigger_objects),
-                Arc::clone(&broker_objects),
+                Arc::clone(&eventing.triggers),
+                Arc::clone(&eventing.brokers),
                 brokers.clone(),
                 Arc::clone(&resolver),
             )),
+        );
+
+        // Channels (and the Sequences and Parallels built of them) on the
+        // same log, with their own ingress.
+        let channels = Channels::with_sender(
+            Arc::clone(&log),
+            knative_eventing::binding::Limits::default(),
+            DispatchConfig::default(),
+            sender.clone(),
+        );
+        let channel_listener = tokio::net::TcpListener::bind(("127.0.0.1", config.channel_port))
+            .await
+            .map_err(|e| start(&format!("channel port {}: {e}", config.channel_port)))?;
+        let channel_ingress = channel_listener.local_addr().map_err(|e| start(&e))?;
+        let pings = PingScheduler::with_sender(sender.clone(), Default::default());
+        let binding_target = Arc::new(ServiceBindingTarget {
+            services: Arc::clone(&objects.services),
+        });
+        let container_runner = Arc::new(LocalContainerRunner {
+            backend: backend.clone(),
+        });
+
+        // Build: TaskRuns' steps as local processes.
+        let build_objects = BuildObjects::in_memory(&store);
+        let executor = Arc::new(LocalExecutor::new(LocalExecutorConfig::new(
+            state_dir.join("builds"),
+        )));
+        let build = Build::new(
+            build_objects.clone(),
+            Arc::clone(&executor) as Arc<dyn StepExecutor>,
         );
 
         let (stop, stopped) = watch::channel(false);
@@ -380,7 +624,86 @@ impl Platform {
             tokio::spawn(serving.run(until(stopped.clone()))),
             tokio::spawn(broker_controller.run(until(stopped.clone()))),
             tokio::spawn(trigger_controller.run(until(stopped.clone()))),
+            tokio::spawn(
+                InMemoryChannelReconciler::new(
+                    Arc::clone(&eventing.in_memory_channels),
+                    channels.clone(),
+                    Arc::clone(&resolver),
+                    format!("http://{channel_ingress}"),
+                )
+                .into_controller()
+                .run(until(stopped.clone())),
+            ),
+            tokio::spawn(
+                ChannelReconciler::new(
+                    Arc::clone(&eventing.channels),
+                    Arc::clone(&eventing.in_memory_channels),
+                )
+                .into_controller()
+                .run(until(stopped.clone())),
+            ),
+            tokio::spawn(
+                SubscriptionReconciler::new(
+                    Arc::clone(&eventing.subscriptions),
+                    Arc::clone(&eventing.channels),
+                    Arc::clone(&eventing.in_memory_channels),
+                    Arc::clone(&resolver),
+                )
+                .into_controller()
+                .run(until(stopped.clone())),
+            ),
+            tokio::spawn(
+                SequenceReconciler::new(
+                    Arc::clone(&eventing.sequences),
+                    Arc::clone(&eventing.in_memory_channels),
+                    Arc::clone(&eventing.subscriptions),
+                )
+                .into_controller()
+                .run(until(stopped.clone())),
+            ),
+            tokio::spawn(
+                ParallelReconciler::new(
+                    Arc::clone(&eventing.parallels),
+                    Arc::clone(&eventing.in_memory_channels),
+                    Arc::clone(&eventing.subscriptions),
+                )
+                .into_controller()
+                .run(until(stopped.clone())),
+            ),
+            tokio::spawn(
+                PingSourceReconciler::new(
+                    Arc::clone(&eventing.ping_sources),
+                    Arc::clone(&resolver),
+                    pings.clone(),
+                )
+                .into_controller()
+                .run(until(stopped.clone())),
+            ),
+            tokio::spawn(
+                SinkBindingReconciler::new(
+                    Arc::clone(&eventing.sink_bindings),
+                    Arc::clone(&resolver),
+                    binding_target as Arc<dyn knative_eventing::reconciler::BindingTarget>,
+                )
+                .into_controller()
+                .run(until(stopped.clone())),
+            ),
+            tokio::spawn(
+                ContainerSourceReconciler::new(
+                    Arc::clone(&eventing.container_sources),
+                    Arc::clone(&resolver),
+                    container_runner as Arc<dyn knative_eventing::reconciler::ContainerRunner>,
+                )
+                .into_controller()
+                .run(until(stopped.clone())),
+            ),
+            tokio::spawn(build.run(until(stopped.clone()))),
         ];
+        let shutdown = until(stopped.clone());
+        let serving_channels = channels.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = serving_channels.serve(channel_listener, shutdown).await;
+        }));
         let shutdown = until(stopped.clone());
         tasks.push(tokio::spawn(async move {
             let _ = dataplane.serve(ingress_listener, shutdown).await;
@@ -443,16 +766,77 @@ impl Platform {
             Arc::new(TypedKind::new(
                 "broker",
                 &["brokers"],
-                Arc::clone(&broker_objects),
+                Arc::clone(&eventing.brokers),
             )),
             Arc::new(TypedKind::new(
                 "trigger",
                 &["triggers"],
-                Arc::clone(&trigger_objects),
+                Arc::clone(&eventing.triggers),
+            )),
+            Arc::new(TypedKind::new(
+                "inmemorychannel",
+                &["imc", "inmemorychannels"],
+                Arc::clone(&eventing.in_memory_channels),
+            )),
+            Arc::new(TypedKind::new(
+                "channel",
+                &["ch", "channels"],
+                Arc::clone(&eventing.channels),
+            )),
+            Arc::new(TypedKind::new(
+                "subscription",
+                &["sub", "subscriptions"],
+                Arc::clone(&eventing.subscriptions),
+            )),
+            Arc::new(TypedKind::new(
+                "sequence",
+                &["sequences"],
+                Arc::clone(&eventing.sequences),
+            )),
+            Arc::new(TypedKind::new(
+                "parallel",
+                &["parallels"],
+                Arc::clone(&eventing.parallels),
+            )),
+            Arc::new(TypedKind::new(
+                "pingsource",
+                &["pingsources"],
+                Arc::clone(&eventing.ping_sources),
+            )),
+            Arc::new(TypedKind::new(
+                "sinkbinding",
+                &["sinkbindings"],
+                Arc::clone(&eventing.sink_bindings),
+            )),
+            Arc::new(TypedKind::new(
+                "containersource",
+                &["containersources"],
+                Arc::clone(&eventing.container_sources),
+            )),
+            Arc::new(TypedKind::new(
+                "task",
+                &["tasks"],
+                Arc::clone(&build_objects.tasks),
+            )),
+            Arc::new(TypedKind::new(
+                "taskrun",
+                &["tr", "trs", "taskruns"],
+                Arc::clone(&build_objects.task_runs),
+            )),
+            Arc::new(TypedKind::new(
+                "pipeline",
+                &["pipelines"],
+                Arc::clone(&build_objects.pipelines),
+            )),
+            Arc::new(TypedKind::new(
+                "pipelinerun",
+                &["pr", "prs", "pipelineruns"],
+                Arc::clone(&build_objects.pipeline_runs),
             )),
         ];
-        // Keep `brokers` (and its dispatchers) alive as long as the tasks.
-        let keep = brokers.clone();
+        // Keep the data planes (and their dispatchers and ping jobs) alive
+        // as long as the tasks.
+        let keep = (brokers.clone(), channels.clone(), pings);
         tasks.push(tokio::spawn(async move {
             until(stopped).await;
             drop(keep);
@@ -464,6 +848,9 @@ impl Platform {
                 serving: objects,
                 ingress,
                 broker_ingress,
+                channel_ingress,
+                executor,
+                build: build_objects,
                 domain: config.domain,
                 events,
                 stop,
@@ -482,6 +869,12 @@ impl Platform {
     /// The broker ingress: events are posted to `/{namespace}/{broker}`.
     pub fn broker_ingress(&self) -> SocketAddr {
         self.inner.broker_ingress
+    }
+
+    /// The channel ingress: events for InMemoryChannels are posted to
+    /// `/{namespace}/{channel}`.
+    pub fn channel_ingress(&self) -> SocketAddr {
+        self.inner.channel_ingress
     }
 
     /// The domain of services' URLs.
@@ -599,7 +992,8 @@ impl Platform {
     }
 
     /// Waits until `kind` `namespace/name` is Ready (or, for kinds that
-    /// run to completion, Succeeded) and returns it; a run that failed
+    /// run to completion, Succeeded; for Tasks and Pipelines, which have
+    /// no status, until it exists) and returns it; a run that failed
     /// (`Succeeded` False) ends the wait, and a timeout names the latest
     /// reason and message.
     pub async fn wait_ready(
@@ -611,8 +1005,11 @@ impl Platform {
     ) -> Result<Value, PlatformError> {
         let start = Instant::now();
         let mut last = String::from("it does not exist yet");
+        // Tasks and Pipelines have no status: they are ready once stored.
+        let stateless = matches!(self.kind(kind)?.name(), "task" | "pipeline");
         while start.elapsed() < timeout {
             match self.get(kind, namespace, name).await {
+                Ok(object) if stateless => return Ok(object),
                 Ok(object) => match readiness(&object) {
                     Readiness::Ready => return Ok(object),
                     Readiness::Failed(why) => {
@@ -660,13 +1057,47 @@ impl Platform {
                 );
             }
         }
-        if !found {
-            return Err(PlatformError::Store(StoreError::NotFound {
-                kind: "Service or Revision".to_owned(),
-                key: format!("{namespace}/{name}"),
-            }));
+        if found {
+            return Ok(lines);
         }
-        Ok(lines)
+        // A ContainerSource's process.
+        let source = WorkloadKey::new(namespace, container_source_workload(name));
+        if knative_serving::backend::WorkloadBackend::status(&self.inner.backend, &source).is_ok() {
+            return Ok(self.inner.backend.logs(&source));
+        }
+        // A TaskRun's steps, in order, each line under the step's container
+        // name (`step-<name>`).
+        match self.inner.build.task_runs.get(Some(namespace), name).await {
+            Ok(task_run) => {
+                let status = task_run.status.unwrap_or_default();
+                let attempt = u32::try_from(status.retries_status.len()).unwrap_or(u32::MAX);
+                let key = knative_build::executor::RunKey::new(namespace, name, attempt);
+                for step in &status.steps {
+                    let container = step
+                        .container
+                        .clone()
+                        .unwrap_or_else(|| format!("step-{}", step.name));
+                    let Ok(output) = self.inner.executor.logs(&key, &container).await else {
+                        continue;
+                    };
+                    lines.extend(
+                        String::from_utf8_lossy(&output)
+                            .lines()
+                            .map(|line| LogLine {
+                                replica: container.clone(),
+                                stream: knative_serving::backend::local::Stream::Stdout,
+                                line: line.to_owned(),
+                            }),
+                    );
+                }
+                Ok(lines)
+            }
+            Err(e) if e.is_not_found() => Err(PlatformError::Store(StoreError::NotFound {
+                kind: "Service, Revision, ContainerSource or TaskRun".to_owned(),
+                key: format!("{namespace}/{name}"),
+            })),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The latest events the brokers accepted (at most 1000), oldest first.
@@ -862,17 +1293,25 @@ where
         }
         let mut object: K = serde_json::from_value(value).map_err(|e| e.to_string())?;
         let meta = object.meta_mut();
-        if meta.name.as_deref().is_none_or(str::is_empty) {
-            return Err("metadata.name: missing".to_owned());
+        // `generateName` alone (as PipelineRuns are usually written) makes
+        // a new object each time, named by the store.
+        let generated = meta.name.as_deref().is_none_or(str::is_empty)
+            && meta.generate_name.as_deref().is_some_and(|g| !g.is_empty());
+        if meta.name.as_deref().is_none_or(str::is_empty) && !generated {
+            return Err("metadata.name: missing field (or set metadata.generateName)".to_owned());
         }
         if meta.namespace.as_deref().is_none_or(str::is_empty) {
             meta.namespace = Some("default".to_owned());
         }
         let key = object.key();
-        let existing = match self.objects.get(key.namespace.as_deref(), &key.name).await {
-            Ok(existing) => Some(existing),
-            Err(e) if e.is_not_found() => None,
-            Err(e) => return Err(e.to_string()),
+        let existing = if generated {
+            None
+        } else {
+            match self.objects.get(key.namespace.as_deref(), &key.name).await {
+                Ok(existing) => Some(existing),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(e.to_string()),
+            }
         };
         let errors = match &existing {
             Some(old) => {
@@ -904,8 +1343,11 @@ where
             action,
         };
         let Some(existing) = existing else {
-            self.objects.create(&object).await?;
-            return Ok(applied("created"));
+            let created = self.objects.create(&object).await?;
+            return Ok(Applied {
+                name: created.key().name,
+                ..applied("created")
+            });
         };
         // Keep what the store and controllers own: identity, version,
         // finalizers, owners, status; take the manifest's spec, labels

@@ -38,7 +38,7 @@ enum Output {
 enum Command {
     /// Print the version and the parts compiled into this build.
     Version,
-    /// Run the local platform: Serving and Eventing on loopback ports.
+    /// Run the local platform: Serving, Eventing and Build on loopback ports.
     ///
     /// Applies the manifests in each -f directory or file at start and
     /// again when they change; other commands (apply, get, delete, logs,
@@ -53,6 +53,9 @@ enum Command {
         /// The broker ingress port on 127.0.0.1 (0: any free port).
         #[arg(long, default_value_t = 8081)]
         broker_port: u16,
+        /// The channel ingress port on 127.0.0.1 (0: any free port).
+        #[arg(long, default_value_t = 8082)]
+        channel_port: u16,
     },
     /// Apply manifests to the running platform (all or nothing).
     Apply {
@@ -62,7 +65,10 @@ enum Command {
     },
     /// Show objects: `knative get ksvc`, `knative get trigger orders -o yaml`.
     Get {
-        /// The kind (service/ksvc, configuration, revision, route, broker, trigger).
+        /// The kind: service (ksvc), configuration, revision, route, broker,
+        /// trigger, inmemorychannel (imc), channel, subscription, sequence,
+        /// parallel, pingsource, sinkbinding, containersource, task,
+        /// taskrun (tr), pipeline, pipelinerun (pr).
         kind: String,
         /// One object's name (all of them when left out).
         name: Option<String>,
@@ -186,9 +192,10 @@ async fn run(command: Command, state: &Path) -> Result<(), String> {
             files,
             ingress_port,
             broker_port,
+            channel_port,
         } => {
             init_logs("error");
-            up(state, files, ingress_port, broker_port).await
+            up(state, files, [ingress_port, broker_port, channel_port]).await
         }
         Command::Apply { files } => {
             let yaml = read_manifests(&files)?;
@@ -361,8 +368,7 @@ fn manifest_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
 async fn up(
     state: &Path,
     files: Vec<PathBuf>,
-    ingress_port: u16,
-    broker_port: u16,
+    [ingress_port, broker_port, channel_port]: [u16; 3],
 ) -> Result<(), String> {
     std::fs::create_dir_all(state).map_err(|e| format!("{}: {e}", state.display()))?;
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -370,6 +376,7 @@ async fn up(
         state_dir: Some(state.to_path_buf()),
         ingress_port,
         broker_port,
+        channel_port,
         sample_app: Some(vec![
             me.to_string_lossy().into_owned(),
             "sample-app".to_owned(),
@@ -377,7 +384,9 @@ async fn up(
         ..knative::local::PlatformConfig::default()
     })
     .await
-    .map_err(|e| format!("{e} (pick other ports with --ingress-port and --broker-port)"))?;
+    .map_err(|e| {
+        format!("{e} (pick other ports with --ingress-port, --broker-port and --channel-port)")
+    })?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
@@ -409,6 +418,10 @@ async fn up(
     println!(
         "  brokers:   http://{}/{{namespace}}/{{broker}}",
         platform.broker_ingress()
+    );
+    println!(
+        "  channels:  http://{}/{{namespace}}/{{channel}}",
+        platform.channel_ingress()
     );
     println!("  state:     {}", state.display());
     println!("  try:       knative get ksvc    (Ctrl-C stops)");

@@ -135,7 +135,104 @@ async fn the_samples_reach_ready_and_an_event_reaches_its_subscriber() {
             .any(|e| e.id == "order-1" && e.broker == "default/default"),
         "the platform saw the event"
     );
+
+    // An event through the channel reaches the display through its
+    // subscription.
+    let (status, _) = http(
+        "POST",
+        platform.channel_ingress(),
+        "channel",
+        "/default/orders-channel",
+        &[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "via-channel-1"),
+            ("ce-type", "com.example.order.shipped"),
+            ("ce-source", "/journeys"),
+            ("content-type", "application/json"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 202);
+    let start = Instant::now();
+    loop {
+        let logs = platform
+            .logs("default", "event-display")
+            .await
+            .expect("logs");
+        if logs.iter().any(|l| l.line.contains("id=via-channel-1")) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the channel's event never arrived: {logs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The sample pipeline succeeded: it reports the digest of an image
+    // that is in the OCI layout its second task wrote, and the first
+    // task's log is readable.
+    let run = platform
+        .get("pr", "default", "build-app-1")
+        .await
+        .expect("the PipelineRun");
+    let result = |name: &str| {
+        run["status"]["results"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["name"] == name))
+            .and_then(|r| r["value"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let digest = result("image-digest");
+    assert!(digest.starts_with("sha256:"), "{run:#}");
+    assert_eq!(result("files"), "2", "{run:#}");
+    let task_runs = platform.list("tr", Some("default")).await.expect("list");
+    assert_eq!(task_runs.len(), 2, "{task_runs:#?}");
+    let source_run = task_runs
+        .iter()
+        .filter_map(|tr| tr["metadata"]["name"].as_str())
+        .find(|n| n.ends_with("-source"))
+        .expect("the source TaskRun")
+        .to_owned();
+    let logs = platform
+        .logs("default", &source_run)
+        .await
+        .expect("TaskRun logs");
+    assert!(
+        logs.iter()
+            .any(|l| l.line.trim() == "2" && l.replica == "step-write"),
+        "{logs:?}"
+    );
+    let layout = platform
+        .state_dir()
+        .join("builds")
+        .to_string_lossy()
+        .into_owned();
+    let found = find_file(std::path::Path::new(&layout), "index.json")
+        .into_iter()
+        .any(|index| {
+            std::fs::read_to_string(index).is_ok_and(|text| text.contains(digest.as_str()))
+        });
+    assert!(found, "no OCI layout under {layout} lists {digest}");
     platform.shutdown().await;
+}
+
+/// Every file named `name` under `dir`.
+fn find_file(dir: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(find_file(&path, name));
+        } else if path.file_name().is_some_and(|n| n == name) {
+            found.push(path);
+        }
+    }
+    found
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

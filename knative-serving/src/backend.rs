@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Container;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use tokio::sync::watch;
 
 /// Identifies one revision's workload.
@@ -64,6 +65,11 @@ pub struct WorkloadSpec {
     /// How long a replica gets between SIGTERM and SIGKILL
     /// (`timeoutSeconds` in Knative).
     pub termination_grace_period: Duration,
+    /// The Revision as the controlling owner of what the backend creates
+    /// (Kubernetes backends put it in their objects' `ownerReferences`, so
+    /// deleting the Revision deletes them); `None` when the revision has no
+    /// uid yet, or for backends that keep no objects.
+    pub owner: Option<OwnerReference>,
 }
 
 /// One replica that is ready to take requests.
@@ -174,6 +180,7 @@ mod tests {
             container_port: 8080,
             labels: BTreeMap::new(),
             termination_grace_period: Duration::from_secs(30),
+            owner: None,
         };
         let (status_tx, status_rx) = watch::channel(WorkloadStatus::default());
         let mut backend = MockWorkloadBackend::new();

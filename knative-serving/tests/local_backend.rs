@@ -56,6 +56,7 @@ fn spec(revision: &str, container: Container, grace: Duration) -> WorkloadSpec {
             ("serving.knative.dev/revision".into(), revision.into()),
         ]),
         termination_grace_period: grace,
+        owner: None,
     }
 }
 

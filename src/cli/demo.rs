@@ -127,6 +127,74 @@ spec:
       ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: dead-letters}
 "#;
 
+/// A pipeline that writes a small app into a workspace and builds an OCI
+/// image of it with the built-in image step (no Docker), into an OCI
+/// layout on disk (`LAYOUT` is replaced with its path).
+const PIPELINE: &str = r#"
+apiVersion: tekton.dev/v1
+kind: Task
+metadata: {name: write-source, namespace: default}
+spec:
+  workspaces: [{name: source}]
+  results: [{name: files}]
+  steps:
+    - name: write
+      image: busybox
+      workingDir: $(workspaces.source.path)
+      script: |
+        #!/bin/sh
+        set -e
+        mkdir -p app
+        printf '#!/bin/sh\necho hello from an image built by knative-rs\n' > app/hello.sh
+        chmod +x app/hello.sh
+        echo "built by the demo" > app/README
+        printf %s "$(ls app | wc -l | tr -d ' ')" > $(results.files.path)
+---
+apiVersion: tekton.dev/v1
+kind: Pipeline
+metadata: {name: build-image, namespace: default}
+spec:
+  params: [{name: image}]
+  workspaces: [{name: shared}]
+  results:
+    - name: image-digest
+      value: $(tasks.build.results.IMAGE_DIGEST)
+    - name: files
+      value: $(tasks.source.results.files)
+  tasks:
+    - name: source
+      taskRef: {name: write-source}
+      workspaces: [{name: source, workspace: shared}]
+    - name: build
+      runAfter: [source]
+      workspaces: [{name: source, workspace: shared}]
+      params: [{name: image, value: $(params.image)}]
+      taskSpec:
+        params: [{name: image}]
+        workspaces: [{name: source}]
+        results: [{name: IMAGE_DIGEST}, {name: IMAGE_URL}]
+        steps:
+          - name: build-image
+            image: knative.dev/build/image
+            params:
+              - {name: source, value: $(workspaces.source.path)/app}
+              - {name: image, value: $(params.image)}
+              - {name: entrypoint, value: /hello.sh}
+---
+apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata: {name: build-image-1, namespace: default}
+spec:
+  pipelineRef: {name: build-image}
+  params: [{name: image, value: "oci:LAYOUT:demo"}]
+  workspaces:
+    - name: shared
+      volumeClaimTemplate:
+        spec:
+          accessModes: [ReadWriteOnce]
+          resources: {requests: {storage: 1Gi}}
+"#;
+
 /// One step's outcome.
 struct Step {
     name: &'static str,
@@ -195,7 +263,7 @@ fn config() -> Result<PlatformConfig, String> {
 /// Runs the tour.
 pub async fn run() -> Result<(), String> {
     let started = Instant::now();
-    println!("knative demo: Serving and Eventing on this machine, no cluster\n");
+    println!("knative demo: Serving, Eventing and Build on this machine, no cluster\n");
     let platform = Platform::start(config()?)
         .await
         .map_err(|e| e.to_string())?;
@@ -467,6 +535,99 @@ pub async fn run() -> Result<(), String> {
         }
     );
 
+    step!(
+        "build: a pipeline writes an app and builds its OCI image (no Docker)",
+        async {
+            let layout = platform.state_dir().join("images").join("hello");
+            let manifests = PIPELINE.replace("LAYOUT", &layout.to_string_lossy());
+            platform
+                .apply(&manifests)
+                .await
+                .map_err(|e| e.to_string())?;
+            let t = Instant::now();
+            let run = loop {
+                let run = platform
+                    .get("pipelinerun", "default", "build-image-1")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let tasks = platform
+                    .list("taskrun", Some("default"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let line = tasks
+                    .iter()
+                    .map(|tr| {
+                        let condition = tr["status"]["conditions"]
+                            .as_array()
+                            .and_then(|c| c.iter().find(|c| c["type"] == "Succeeded"));
+                        format!(
+                            "{} {}",
+                            tr["metadata"]["name"].as_str().unwrap_or(""),
+                            condition
+                                .and_then(|c| c["reason"].as_str())
+                                .unwrap_or("Pending")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("  ");
+                progress(&format!("{:>4.1} s  {line}", t.elapsed().as_secs_f64()));
+                let succeeded = run["status"]["conditions"]
+                    .as_array()
+                    .and_then(|c| c.iter().find(|c| c["type"] == "Succeeded"))
+                    .cloned();
+                match succeeded.as_ref().and_then(|c| c["status"].as_str()) {
+                    Some("True") => break run,
+                    Some("False") => {
+                        return Err(format!(
+                            "the PipelineRun failed: {}",
+                            succeeded
+                                .as_ref()
+                                .and_then(|c| c["message"].as_str())
+                                .unwrap_or("")
+                        ));
+                    }
+                    _ if t.elapsed() > Duration::from_secs(60) => {
+                        return Err("the PipelineRun did not finish in 60 s".to_owned());
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            };
+            let result = |name: &str| {
+                run["status"]["results"]
+                    .as_array()
+                    .and_then(|r| r.iter().find(|r| r["name"] == name))
+                    .and_then(|r| r["value"].as_str())
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            let digest = result("image-digest");
+            // Check the layout on disk independently: its index names the
+            // manifest the pipeline reported, and that blob exists.
+            let index = std::fs::read_to_string(layout.join("index.json"))
+                .map_err(|e| format!("{}: {e}", layout.join("index.json").display()))?;
+            let index: serde_json::Value =
+                serde_json::from_str(&index).map_err(|e| format!("index.json: {e}"))?;
+            let listed = index["manifests"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m["digest"] == digest.as_str()));
+            let blob = digest
+                .strip_prefix("sha256:")
+                .map(|hex| layout.join("blobs").join("sha256").join(hex));
+            if digest.is_empty() || !listed || !blob.is_some_and(|b| b.is_file()) {
+                return Err(format!(
+                    "the pipeline reported digest {digest:?}, which the OCI layout at {} does not hold",
+                    layout.display()
+                ));
+            }
+            Ok(format!(
+                "2 TaskRuns succeeded; image {} ({} files) in the OCI layout {}",
+                &digest[..digest.len().min(19)],
+                result("files"),
+                layout.display()
+            ))
+        }
+    );
+
     finish(platform, steps, started).await
 }
 
@@ -501,10 +662,10 @@ async fn finish(platform: Platform, steps: Vec<Step>, started: Instant) -> Resul
     let mut failed = 0;
     for step in &steps {
         match &step.result {
-            Ok(_) => println!("  ✓ {:<60} {:>5.1} s", step.name, step.took.as_secs_f64()),
+            Ok(_) => println!("  ✓ {:<68} {:>5.1} s", step.name, step.took.as_secs_f64()),
             Err(why) => {
                 failed += 1;
-                println!("  ✗ {:<60} {why}", step.name);
+                println!("  ✗ {:<68} {why}", step.name);
             }
         }
     }

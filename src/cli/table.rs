@@ -66,6 +66,15 @@ fn columns(kind: &str) -> Vec<(&'static str, &'static str)> {
             ("BROKER", "/spec/broker"),
             ("SUBSCRIBER_URI", "/status/subscriberUri"),
         ],
+        "inmemorychannel" | "channel" | "sequence" | "parallel" => {
+            vec![("URL", "/status/address/url")]
+        }
+        "pingsource" => vec![("SINK", "/status/sinkUri"), ("SCHEDULE", "/spec/schedule")],
+        "containersource" | "sinkbinding" => vec![("SINK", "/status/sinkUri")],
+        "taskrun" | "pipelinerun" => vec![
+            ("STARTTIME", "/status/startTime"),
+            ("COMPLETIONTIME", "/status/completionTime"),
+        ],
         _ => Vec::new(),
     }
 }
@@ -89,7 +98,8 @@ pub fn render(kind: &str, objects: &[Value]) -> String {
     }
     header.push("NAME".to_owned());
     header.extend(columns.iter().map(|(h, _)| (*h).to_owned()));
-    header.push("READY".to_owned());
+    let runs = matches!(kind, "taskrun" | "pipelinerun");
+    header.push(if runs { "SUCCEEDED" } else { "READY" }.to_owned());
     header.push("REASON".to_owned());
     let mut rows = vec![header];
     for object in objects {

@@ -1506,6 +1506,7 @@ mod tests {
             container_port: 8080,
             labels: BTreeMap::from([(SERVICE_LABEL.to_owned(), "hello".to_owned())]),
             termination_grace_period: Duration::from_secs(1),
+            owner: None,
         }
     }
 

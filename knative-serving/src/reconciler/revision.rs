@@ -17,7 +17,7 @@ use knative_core::condition::{ConditionSet, ConditionStatus};
 use knative_core::runtime::{Action, Handle, Reconciler};
 use knative_core::store::{ObjectKey, Objects};
 
-use super::ReconcileError;
+use super::{ReconcileError, controller_reference};
 use crate::api::{ContainerStatus, Revision, RevisionStatus, RoutingState, keys};
 use crate::autoscaling::autoscaler::{Autoscaler, ScaleStatus, ScalingTarget};
 use crate::backend::{BackendError, WorkloadBackend, WorkloadKey, WorkloadSpec};
@@ -100,6 +100,11 @@ pub fn workload_spec(revision: &Revision, config: &ServingConfig) -> WorkloadSpe
         container_port: spec.container_port(),
         labels,
         termination_grace_period: Duration::from_secs(timeout.max(0).unsigned_abs()),
+        owner: revision
+            .metadata
+            .uid
+            .is_some()
+            .then(|| controller_reference(revision)),
     }
 }
 
@@ -535,5 +540,14 @@ spec:
             Some("hello-00001")
         );
         assert!(!spec.labels.contains_key(keys::ROUTING_STATE));
+        let owner = spec.owner.expect("a revision with a uid owns its workload");
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("Revision", "hello-00001", "rev-uid")
+        );
+        assert_eq!(
+            (owner.controller, owner.block_owner_deletion),
+            (Some(true), Some(true))
+        );
     }
 }
