@@ -95,39 +95,14 @@ async fn the_samples_reach_ready_and_an_event_reaches_its_subscriber() {
     assert_eq!((status, body.trim()), (200, "Hello Knative on a laptop!"));
 
     // An event through the broker reaches the display service.
-    let (status, _) = http(
-        "POST",
+    send_and_see(
+        &platform,
         platform.broker_ingress(),
-        "broker",
         "/default/default",
-        &[
-            ("ce-specversion", "1.0"),
-            ("ce-id", "order-1"),
-            ("ce-type", "com.example.order.created"),
-            ("ce-source", "/journeys"),
-            ("content-type", "application/json"),
-        ],
+        "com.example.order.created",
+        "order-1",
     )
     .await;
-    assert_eq!(status, 202);
-    let start = Instant::now();
-    loop {
-        let logs = platform
-            .logs("default", "event-display")
-            .await
-            .expect("logs");
-        if logs.iter().any(|l| {
-            l.line.contains("cloudevent type=com.example.order.created")
-                && l.line.contains("id=order-1")
-        }) {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the event never arrived: {logs:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     assert!(
         platform
             .events()
@@ -138,36 +113,14 @@ async fn the_samples_reach_ready_and_an_event_reaches_its_subscriber() {
 
     // An event through the channel reaches the display through its
     // subscription.
-    let (status, _) = http(
-        "POST",
+    send_and_see(
+        &platform,
         platform.channel_ingress(),
-        "channel",
         "/default/orders-channel",
-        &[
-            ("ce-specversion", "1.0"),
-            ("ce-id", "via-channel-1"),
-            ("ce-type", "com.example.order.shipped"),
-            ("ce-source", "/journeys"),
-            ("content-type", "application/json"),
-        ],
+        "com.example.order.shipped",
+        "via-channel-1",
     )
     .await;
-    assert_eq!(status, 202);
-    let start = Instant::now();
-    loop {
-        let logs = platform
-            .logs("default", "event-display")
-            .await
-            .expect("logs");
-        if logs.iter().any(|l| l.line.contains("id=via-channel-1")) {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the channel's event never arrived: {logs:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     // The sample pipeline succeeded: it reports the digest of an image
     // that is in the OCI layout its second task wrote, and the first
@@ -216,6 +169,48 @@ async fn the_samples_reach_ready_and_an_event_reaches_its_subscriber() {
         });
     assert!(found, "no OCI layout under {layout} lists {digest}");
     platform.shutdown().await;
+}
+
+/// Posts a binary-mode event of type `ty` with id `id` to `path` at
+/// `address`, then waits until the event display printed it.
+async fn send_and_see(
+    platform: &Platform,
+    address: std::net::SocketAddr,
+    path: &str,
+    ty: &str,
+    id: &str,
+) {
+    let (status, body) = http(
+        "POST",
+        address,
+        "ingress",
+        path,
+        &[
+            ("ce-specversion", "1.0"),
+            ("ce-id", id),
+            ("ce-type", ty),
+            ("ce-source", "/journeys"),
+            ("content-type", "application/json"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 202, "{path}: {body}");
+    let start = Instant::now();
+    loop {
+        let logs = platform
+            .logs("default", "event-display")
+            .await
+            .expect("logs");
+        let line = format!("cloudevent type={ty} source=/journeys id={id}");
+        if logs.iter().any(|l| l.line.contains(&line)) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{id} never arrived through {path}: {logs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Every file named `name` under `dir`.

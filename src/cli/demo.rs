@@ -127,73 +127,10 @@ spec:
       ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: dead-letters}
 "#;
 
-/// A pipeline that writes a small app into a workspace and builds an OCI
-/// image of it with the built-in image step (no Docker), into an OCI
-/// layout on disk (`LAYOUT` is replaced with its path).
-const PIPELINE: &str = r#"
-apiVersion: tekton.dev/v1
-kind: Task
-metadata: {name: write-source, namespace: default}
-spec:
-  workspaces: [{name: source}]
-  results: [{name: files}]
-  steps:
-    - name: write
-      image: busybox
-      workingDir: $(workspaces.source.path)
-      script: |
-        #!/bin/sh
-        set -e
-        mkdir -p app
-        printf '#!/bin/sh\necho hello from an image built by knative-rs\n' > app/hello.sh
-        chmod +x app/hello.sh
-        echo "built by the demo" > app/README
-        printf %s "$(ls app | wc -l | tr -d ' ')" > $(results.files.path)
----
-apiVersion: tekton.dev/v1
-kind: Pipeline
-metadata: {name: build-image, namespace: default}
-spec:
-  params: [{name: image}]
-  workspaces: [{name: shared}]
-  results:
-    - name: image-digest
-      value: $(tasks.build.results.IMAGE_DIGEST)
-    - name: files
-      value: $(tasks.source.results.files)
-  tasks:
-    - name: source
-      taskRef: {name: write-source}
-      workspaces: [{name: source, workspace: shared}]
-    - name: build
-      runAfter: [source]
-      workspaces: [{name: source, workspace: shared}]
-      params: [{name: image, value: $(params.image)}]
-      taskSpec:
-        params: [{name: image}]
-        workspaces: [{name: source}]
-        results: [{name: IMAGE_DIGEST}, {name: IMAGE_URL}]
-        steps:
-          - name: build-image
-            image: knative.dev/build/image
-            params:
-              - {name: source, value: $(workspaces.source.path)/app}
-              - {name: image, value: $(params.image)}
-              - {name: entrypoint, value: /hello.sh}
----
-apiVersion: tekton.dev/v1
-kind: PipelineRun
-metadata: {name: build-image-1, namespace: default}
-spec:
-  pipelineRef: {name: build-image}
-  params: [{name: image, value: "oci:LAYOUT:demo"}]
-  workspaces:
-    - name: shared
-      volumeClaimTemplate:
-        spec:
-          accessModes: [ReadWriteOnce]
-          resources: {requests: {storage: 1Gi}}
-"#;
+/// The sample pipeline: a Task writes a small app into a workspace, a
+/// second builds an OCI image of it with the built-in image step (no
+/// Docker) into an OCI layout in that workspace.
+const PIPELINE: &str = include_str!("../../examples/manifests/pipeline.yaml");
 
 /// One step's outcome.
 struct Step {
@@ -538,16 +475,11 @@ pub async fn run() -> Result<(), String> {
     step!(
         "build: a pipeline writes an app and builds its OCI image (no Docker)",
         async {
-            let layout = platform.state_dir().join("images").join("hello");
-            let manifests = PIPELINE.replace("LAYOUT", &layout.to_string_lossy());
-            platform
-                .apply(&manifests)
-                .await
-                .map_err(|e| e.to_string())?;
+            platform.apply(PIPELINE).await.map_err(|e| e.to_string())?;
             let t = Instant::now();
             let run = loop {
                 let run = platform
-                    .get("pipelinerun", "default", "build-image-1")
+                    .get("pipelinerun", "default", "build-app-1")
                     .await
                     .map_err(|e| e.to_string())?;
                 let tasks = platform
@@ -601,24 +533,15 @@ pub async fn run() -> Result<(), String> {
                     .to_owned()
             };
             let digest = result("image-digest");
-            // Check the layout on disk independently: its index names the
-            // manifest the pipeline reported, and that blob exists.
-            let index = std::fs::read_to_string(layout.join("index.json"))
-                .map_err(|e| format!("{}: {e}", layout.join("index.json").display()))?;
-            let index: serde_json::Value =
-                serde_json::from_str(&index).map_err(|e| format!("index.json: {e}"))?;
-            let listed = index["manifests"]
-                .as_array()
-                .is_some_and(|m| m.iter().any(|m| m["digest"] == digest.as_str()));
-            let blob = digest
-                .strip_prefix("sha256:")
-                .map(|hex| layout.join("blobs").join("sha256").join(hex));
-            if digest.is_empty() || !listed || !blob.is_some_and(|b| b.is_file()) {
-                return Err(format!(
-                    "the pipeline reported digest {digest:?}, which the OCI layout at {} does not hold",
-                    layout.display()
-                ));
-            }
+            // Check the layout on disk independently: an index there names
+            // the manifest the pipeline reported, and that blob exists.
+            let builds = platform.state_dir().join("builds");
+            let layout = find_layout(&builds, &digest).ok_or_else(|| {
+                format!(
+                    "the pipeline reported digest {digest:?}, which no OCI layout under {} holds",
+                    builds.display()
+                )
+            })?;
             Ok(format!(
                 "2 TaskRuns succeeded; image {} ({} files) in the OCI layout {}",
                 &digest[..digest.len().min(19)],
@@ -629,6 +552,31 @@ pub async fn run() -> Result<(), String> {
     );
 
     finish(platform, steps, started).await
+}
+
+/// The OCI layout under `dir` whose `index.json` names `digest` and holds
+/// its blob.
+fn find_layout(dir: &std::path::Path, digest: &str) -> Option<std::path::PathBuf> {
+    let hex = digest.strip_prefix("sha256:")?;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if !path.is_dir() {
+            continue;
+        }
+        let index = std::fs::read_to_string(path.join("index.json")).unwrap_or_default();
+        let listed = serde_json::from_str::<serde_json::Value>(&index).is_ok_and(|index| {
+            index["manifests"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m["digest"] == digest))
+        });
+        if listed && path.join("blobs/sha256").join(hex).is_file() {
+            return Some(path);
+        }
+        if let Some(found) = find_layout(&path, digest) {
+            return Some(found);
+        }
+    }
+    None
 }
 
 /// Posts one binary-mode event to the default broker.
