@@ -1,0 +1,752 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use http::Method;
+use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentStatus};
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus,
+    HTTPGetAction, PodCondition, PodStatus,
+};
+use k8s_openapi::api::discovery::v1::{
+    Endpoint as SliceEndpoint, EndpointConditions, EndpointPort,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use serde_json::json;
+
+use super::*;
+use crate::backend::fixtures::{ApiServer, not_found, status};
+
+const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
+const SERVICES: &str = "/api/v1/namespaces/default/services";
+const APPLY: &[(&str, &str)] = &[("fieldManager", "knative-operator"), ("force", "true")];
+
+fn owner() -> OwnerReference {
+    OwnerReference {
+        api_version: "serving.knative.dev/v1".into(),
+        kind: "Revision".into(),
+        name: "hello-00001".into(),
+        uid: "rev-uid".into(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+fn spec(container: Container) -> WorkloadSpec {
+    WorkloadSpec {
+        key: WorkloadKey::new("default", "hello-00001"),
+        containers: vec![container],
+        serving_container: 0,
+        container_port: 8080,
+        labels: BTreeMap::from([
+            (keys::SERVICE.to_owned(), "hello".to_owned()),
+            (keys::CONFIGURATION.to_owned(), "hello".to_owned()),
+            (keys::REVISION.to_owned(), "hello-00001".to_owned()),
+            (keys::REVISION_UID.to_owned(), "rev-uid".to_owned()),
+            ("app".to_owned(), "hello-00001".to_owned()),
+        ]),
+        termination_grace_period: Duration::from_secs(300),
+        owner: Some(owner()),
+    }
+}
+
+fn image(image: &str) -> Container {
+    Container {
+        image: Some(image.to_owned()),
+        ..Container::default()
+    }
+}
+
+fn pod_spec(deployment: &Deployment) -> &PodSpec {
+    deployment.spec.template.spec.as_ref().expect("a pod spec")
+}
+
+fn env(container: &Container) -> BTreeMap<String, String> {
+    container
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+        .collect()
+}
+
+#[test]
+fn deployment_carries_upstream_names_labels_owner_and_selector() -> Result<(), BackendError> {
+    let d = desired_deployment(&spec(image("hello")), 0, &KubeWorkloadConfig::default())?;
+    assert_eq!(d.metadata.name.as_deref(), Some("hello-00001-deployment"));
+    assert_eq!(d.metadata.namespace.as_deref(), Some("default"));
+    assert_eq!(d.metadata.owner_references, Some(vec![owner()]));
+    let labels = d.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get(keys::REVISION_UID).map(String::as_str),
+        Some("rev-uid")
+    );
+    assert_eq!(labels.get("app").map(String::as_str), Some("hello-00001"));
+    assert_eq!(d.spec.replicas, Some(0));
+    assert_eq!(d.spec.progress_deadline_seconds, Some(600));
+    assert_eq!(
+        d.spec.selector.match_labels,
+        Some(BTreeMap::from([(
+            keys::REVISION_UID.to_owned(),
+            "rev-uid".to_owned()
+        )]))
+    );
+    let template_labels = d
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone());
+    assert_eq!(template_labels, Some(labels));
+    let pod = pod_spec(&d);
+    assert_eq!(pod.enable_service_links, Some(false));
+    assert_eq!(pod.termination_grace_period_seconds, Some(300));
+    Ok(())
+}
+
+#[test]
+fn long_revision_names_are_shortened_like_kmeta_child_name() {
+    let name = deployment_name(&"a".repeat(60));
+    assert!(name.len() <= 63, "{name}");
+    assert!(name.ends_with("-deployment"), "{name}");
+}
+
+#[test]
+fn serving_container_gets_name_port_env_and_probe() -> Result<(), BackendError> {
+    struct Case {
+        name: &'static str,
+        container: Container,
+        want_name: &'static str,
+        want_port_name: Option<&'static str>,
+        want_env: &'static [(&'static str, &'static str)],
+        want_probe: Probe,
+    }
+    let tcp = |port| Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::Int(port),
+            ..TCPSocketAction::default()
+        }),
+        period_seconds: Some(1),
+        ..Probe::default()
+    };
+    let cases = [
+        Case {
+            name: "unnamed, no port, no probe",
+            container: image("hello"),
+            want_name: "user-container",
+            want_port_name: Some("user-port"),
+            want_env: &[
+                ("PORT", "8080"),
+                ("K_REVISION", "hello-00001"),
+                ("K_CONFIGURATION", "hello"),
+                ("K_SERVICE", "hello"),
+            ],
+            want_probe: tcp(8080),
+        },
+        Case {
+            name: "named, own port, own env, Knative's empty probe",
+            container: Container {
+                name: "app".into(),
+                ports: Some(vec![ContainerPort {
+                    name: Some("h2c".into()),
+                    container_port: 8080,
+                    ..ContainerPort::default()
+                }]),
+                env: Some(vec![EnvVar {
+                    name: "K_SERVICE".into(),
+                    value: Some("mine".into()),
+                    ..EnvVar::default()
+                }]),
+                readiness_probe: Some(Probe {
+                    success_threshold: Some(1),
+                    tcp_socket: Some(TCPSocketAction {
+                        port: IntOrString::Int(0),
+                        ..TCPSocketAction::default()
+                    }),
+                    ..Probe::default()
+                }),
+                ..image("hello")
+            },
+            want_name: "app",
+            want_port_name: Some("h2c"),
+            want_env: &[
+                ("K_SERVICE", "mine"),
+                ("PORT", "8080"),
+                ("K_REVISION", "hello-00001"),
+                ("K_CONFIGURATION", "hello"),
+            ],
+            want_probe: Probe {
+                success_threshold: Some(1),
+                ..tcp(8080)
+            },
+        },
+        Case {
+            name: "httpGet probe without port, with a period",
+            container: Container {
+                readiness_probe: Some(Probe {
+                    http_get: Some(HTTPGetAction {
+                        path: Some("/healthz".into()),
+                        port: IntOrString::Int(0),
+                        ..HTTPGetAction::default()
+                    }),
+                    period_seconds: Some(5),
+                    ..Probe::default()
+                }),
+                ..image("hello")
+            },
+            want_name: "user-container",
+            want_port_name: Some("user-port"),
+            want_env: &[
+                ("PORT", "8080"),
+                ("K_REVISION", "hello-00001"),
+                ("K_CONFIGURATION", "hello"),
+                ("K_SERVICE", "hello"),
+            ],
+            want_probe: Probe {
+                http_get: Some(HTTPGetAction {
+                    path: Some("/healthz".into()),
+                    port: IntOrString::Int(8080),
+                    ..HTTPGetAction::default()
+                }),
+                period_seconds: Some(5),
+                ..Probe::default()
+            },
+        },
+    ];
+    for case in cases {
+        let d = desired_deployment(&spec(case.container), 1, &KubeWorkloadConfig::default())?;
+        let c = &pod_spec(&d).containers[0];
+        assert_eq!(c.name, case.want_name, "{}", case.name);
+        let port = c.ports.iter().flatten().next();
+        assert_eq!(port.map(|p| p.container_port), Some(8080), "{}", case.name);
+        assert_eq!(
+            port.and_then(|p| p.name.as_deref()),
+            case.want_port_name,
+            "{}",
+            case.name
+        );
+        let want_env: BTreeMap<String, String> = case
+            .want_env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        assert_eq!(env(c), want_env, "{}", case.name);
+        assert_eq!(
+            c.readiness_probe.as_ref(),
+            Some(&case.want_probe),
+            "{}",
+            case.name
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_missing_serving_container_is_unsupported() {
+    let mut s = spec(image("hello"));
+    s.serving_container = 3;
+    let result = desired_deployment(&s, 1, &KubeWorkloadConfig::default());
+    assert!(
+        matches!(result, Err(BackendError::Unsupported { .. })),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn service_is_named_like_the_revision_and_targets_the_container_port() {
+    let cases = [
+        (None, "http", None),
+        (Some("h2c"), "http2", Some("kubernetes.io/h2c")),
+    ];
+    for (port_name, want_name, want_protocol) in cases {
+        let container = Container {
+            ports: Some(vec![ContainerPort {
+                name: port_name.map(str::to_owned),
+                container_port: 9000,
+                ..ContainerPort::default()
+            }]),
+            ..image("hello")
+        };
+        let mut s = spec(container);
+        s.container_port = 9000;
+        let svc = desired_service(&s);
+        assert_eq!(svc.metadata.name.as_deref(), Some("hello-00001"));
+        assert_eq!(svc.metadata.owner_references, Some(vec![owner()]));
+        let svc_spec = svc.spec.expect("a spec");
+        assert_eq!(
+            svc_spec.selector,
+            Some(BTreeMap::from([(
+                keys::REVISION_UID.to_owned(),
+                "rev-uid".to_owned()
+            )]))
+        );
+        let port = &svc_spec.ports.expect("ports")[0];
+        assert_eq!(port.port, 80);
+        assert_eq!(port.name.as_deref(), Some(want_name));
+        assert_eq!(port.app_protocol.as_deref(), want_protocol);
+        assert_eq!(port.target_port, Some(IntOrString::Int(9000)));
+    }
+}
+
+fn slice(endpoints: &[(&str, &str, Option<bool>, Option<bool>)]) -> EndpointSlice {
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some("hello-00001-abcde".into()),
+            namespace: Some("default".into()),
+            labels: Some(BTreeMap::from([
+                (SERVICE_NAME_LABEL.to_owned(), "hello-00001".to_owned()),
+                (keys::REVISION.to_owned(), "hello-00001".to_owned()),
+            ])),
+            ..ObjectMeta::default()
+        },
+        address_type: "IPv4".into(),
+        ports: Some(vec![EndpointPort {
+            name: Some("http".into()),
+            port: Some(8080),
+            ..EndpointPort::default()
+        }]),
+        endpoints: Some(
+            endpoints
+                .iter()
+                .map(|(pod, ip, ready, terminating)| SliceEndpoint {
+                    addresses: vec![(*ip).to_owned()],
+                    conditions: Some(EndpointConditions {
+                        ready: *ready,
+                        terminating: *terminating,
+                        ..EndpointConditions::default()
+                    }),
+                    target_ref: Some(ObjectReference {
+                        kind: Some("Pod".into()),
+                        name: Some((*pod).to_owned()),
+                        ..ObjectReference::default()
+                    }),
+                    ..SliceEndpoint::default()
+                })
+                .collect(),
+        ),
+    }
+}
+
+fn pod(name: &str, status: PodStatus) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("default".into()),
+            labels: Some(BTreeMap::from([(
+                keys::REVISION.to_owned(),
+                "hello-00001".to_owned(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        spec: None,
+        status: Some(status),
+    }
+}
+
+fn container_status(state: ContainerState, last: Option<ContainerState>) -> PodStatus {
+    PodStatus {
+        container_statuses: Some(vec![ContainerStatus {
+            name: "user-container".into(),
+            state: Some(state),
+            last_state: last,
+            ..ContainerStatus::default()
+        }]),
+        ..PodStatus::default()
+    }
+}
+
+fn waiting(reason: &str, message: &str) -> ContainerState {
+    ContainerState {
+        waiting: Some(ContainerStateWaiting {
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+        }),
+        ..ContainerState::default()
+    }
+}
+
+fn deployment_with(replicas: i32, conditions: Vec<DeploymentCondition>) -> Deployment {
+    Deployment {
+        status: Some(DeploymentStatus {
+            replicas: Some(replicas),
+            conditions: Some(conditions),
+            ..DeploymentStatus::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+fn failure(reason: &str, message: &str, container: bool) -> Option<WorkloadFailure> {
+    Some(WorkloadFailure {
+        reason: reason.into(),
+        message: message.into(),
+        container,
+    })
+}
+
+#[test]
+fn status_follows_slices_pods_and_deployment_conditions() {
+    let crashed = ContainerState {
+        terminated: Some(ContainerStateTerminated {
+            exit_code: 1,
+            message: Some("panic: boom\n".into()),
+            ..ContainerStateTerminated::default()
+        }),
+        ..ContainerState::default()
+    };
+    let deadline = DeploymentCondition {
+        type_: Some("Progressing".into()),
+        status: Some("False".into()),
+        reason: Some("ProgressDeadlineExceeded".into()),
+        message: Some("ReplicaSet has timed out progressing.".into()),
+        ..DeploymentCondition::default()
+    };
+    let unschedulable = PodStatus {
+        conditions: Some(vec![PodCondition {
+            type_: "PodScheduled".into(),
+            status: "False".into(),
+            reason: Some("Unschedulable".into()),
+            message: Some("0/1 nodes are available: 1 Insufficient cpu.".into()),
+            ..PodCondition::default()
+        }]),
+        ..PodStatus::default()
+    };
+    struct Case {
+        name: &'static str,
+        observed: Observation,
+        want_actual: u32,
+        want_ready: Vec<(&'static str, &'static str)>,
+        want_failure: Option<WorkloadFailure>,
+    }
+    let observation =
+        |deployment: Option<Deployment>, pods: Vec<Pod>, slices: Vec<EndpointSlice>| Observation {
+            deployment,
+            pods: pods.into_iter().map(|p| (p.name_any(), p)).collect(),
+            slices: slices.into_iter().map(|s| (s.name_any(), s)).collect(),
+        };
+    let cases = vec![
+        Case {
+            name: "nothing observed",
+            observed: Observation::default(),
+            want_actual: 0,
+            want_ready: vec![],
+            want_failure: None,
+        },
+        Case {
+            name: "ready, unready and terminating endpoints",
+            observed: observation(
+                Some(deployment_with(3, vec![])),
+                vec![],
+                vec![slice(&[
+                    ("pod-b", "10.0.0.2", Some(true), None),
+                    ("pod-a", "10.0.0.1", None, None),
+                    ("pod-c", "10.0.0.3", Some(false), None),
+                    ("pod-d", "10.0.0.4", Some(true), Some(true)),
+                ])],
+            ),
+            want_actual: 3,
+            want_ready: vec![("pod-a", "10.0.0.1:8080"), ("pod-b", "10.0.0.2:8080")],
+            want_failure: None,
+        },
+        Case {
+            name: "crash loop reports the exit code",
+            observed: observation(
+                Some(deployment_with(1, vec![deadline.clone()])),
+                vec![pod(
+                    "pod-a",
+                    container_status(waiting("CrashLoopBackOff", "back-off"), Some(crashed)),
+                )],
+                vec![],
+            ),
+            want_actual: 1,
+            want_ready: vec![],
+            want_failure: failure("ExitCode1", "Container failed with: panic: boom", true),
+        },
+        Case {
+            name: "image pull failure is a resources problem",
+            observed: observation(
+                None,
+                vec![pod(
+                    "pod-a",
+                    container_status(
+                        waiting("ImagePullBackOff", "Back-off pulling image \"nope\""),
+                        None,
+                    ),
+                )],
+                vec![],
+            ),
+            want_actual: 0,
+            want_ready: vec![],
+            want_failure: failure("ImagePullBackOff", "Back-off pulling image \"nope\"", false),
+        },
+        Case {
+            name: "unschedulable pod",
+            observed: observation(None, vec![pod("pod-a", unschedulable)], vec![]),
+            want_actual: 0,
+            want_ready: vec![],
+            want_failure: failure(
+                "Unschedulable",
+                "0/1 nodes are available: 1 Insufficient cpu.",
+                false,
+            ),
+        },
+        Case {
+            name: "progress deadline from the Deployment",
+            observed: observation(
+                Some(deployment_with(1, vec![deadline.clone()])),
+                vec![],
+                vec![],
+            ),
+            want_actual: 1,
+            want_ready: vec![],
+            want_failure: failure(
+                "ProgressDeadlineExceeded",
+                "ReplicaSet has timed out progressing.",
+                false,
+            ),
+        },
+        Case {
+            name: "a ready replica clears failures",
+            observed: observation(
+                Some(deployment_with(2, vec![deadline])),
+                vec![],
+                vec![slice(&[("pod-a", "10.0.0.1", Some(true), None)])],
+            ),
+            want_actual: 2,
+            want_ready: vec![("pod-a", "10.0.0.1:8080")],
+            want_failure: None,
+        },
+    ];
+    for case in cases {
+        let status = workload_status(2, &case.observed);
+        assert_eq!(status.desired, 2, "{}", case.name);
+        assert_eq!(status.actual, case.want_actual, "{}", case.name);
+        let ready: Vec<(String, String)> = status
+            .ready
+            .iter()
+            .map(|e| (e.replica.clone(), e.address.to_string()))
+            .collect();
+        let want: Vec<(String, String)> = case
+            .want_ready
+            .iter()
+            .map(|(r, a)| ((*r).to_owned(), (*a).to_owned()))
+            .collect();
+        assert_eq!(ready, want, "{}", case.name);
+        assert_eq!(status.failure, case.want_failure, "{}", case.name);
+    }
+}
+
+/// ensure → scale → status → remove, each call checked against the API.
+#[tokio::test]
+async fn ensure_scale_and_remove_call_the_api_server() -> Result<(), BackendError> {
+    let (client, mut server) = ApiServer::new();
+    let backend = KubeWorkloadBackend::new(client, KubeWorkloadConfig::default());
+    let key = WorkloadKey::new("default", "hello-00001");
+
+    let call = {
+        let backend = backend.clone();
+        tokio::spawn(async move { backend.ensure(&spec(image("hello"))).await })
+    };
+    let deployment_path = format!("{DEPLOYMENTS}/hello-00001-deployment");
+    server
+        .expect(Method::GET, &deployment_path, &[], 404, not_found())
+        .await;
+    let applied = server
+        .expect(Method::PATCH, &deployment_path, APPLY, 200, json!({}))
+        .await
+        .body;
+    assert_eq!(applied["apiVersion"], "apps/v1");
+    assert_eq!(applied["kind"], "Deployment");
+    assert_eq!(applied["metadata"]["name"], "hello-00001-deployment");
+    assert_eq!(
+        applied["metadata"]["labels"]["serving.knative.dev/revision"],
+        "hello-00001"
+    );
+    assert_eq!(
+        applied["metadata"]["labels"]["serving.knative.dev/revisionUID"],
+        "rev-uid"
+    );
+    assert_eq!(applied["metadata"]["labels"]["app"], "hello-00001");
+    assert_eq!(
+        applied["metadata"]["ownerReferences"],
+        json!([{
+            "apiVersion": "serving.knative.dev/v1",
+            "kind": "Revision",
+            "name": "hello-00001",
+            "uid": "rev-uid",
+            "controller": true,
+            "blockOwnerDeletion": true,
+        }])
+    );
+    assert_eq!(
+        applied["spec"]["replicas"], 0,
+        "a new revision starts at zero"
+    );
+    assert_eq!(
+        applied["spec"]["template"]["spec"]["containers"][0]["name"],
+        "user-container"
+    );
+    let service_path = format!("{SERVICES}/hello-00001");
+    let service = server
+        .expect(Method::PATCH, &service_path, APPLY, 200, json!({}))
+        .await
+        .body;
+    assert_eq!(service["apiVersion"], "v1");
+    assert_eq!(service["kind"], "Service");
+    assert_eq!(service["metadata"]["name"], "hello-00001");
+    assert_eq!(service["metadata"]["ownerReferences"][0]["uid"], "rev-uid");
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], 8080);
+    call.await.expect("ensure runs")?;
+
+    let call = {
+        let backend = backend.clone();
+        let key = key.clone();
+        tokio::spawn(async move { backend.scale(&key, 3).await })
+    };
+    let patch = server
+        .expect(
+            Method::PATCH,
+            &deployment_path,
+            &[("fieldManager", "knative-operator")],
+            200,
+            json!({}),
+        )
+        .await
+        .body;
+    assert_eq!(patch, json!({"spec": {"replicas": 3}}));
+    call.await.expect("scale runs")?;
+    assert_eq!(backend.status(&key)?.borrow().desired, 3);
+
+    // A second ensure applies the scale it knows, without reading it back.
+    let call = {
+        let backend = backend.clone();
+        tokio::spawn(async move { backend.ensure(&spec(image("hello"))).await })
+    };
+    let applied = server
+        .expect(Method::PATCH, &deployment_path, APPLY, 200, json!({}))
+        .await
+        .body;
+    assert_eq!(applied["spec"]["replicas"], 3);
+    server
+        .expect(Method::PATCH, &service_path, APPLY, 200, json!({}))
+        .await;
+    call.await.expect("ensure runs")?;
+
+    let call = {
+        let backend = backend.clone();
+        let key = key.clone();
+        tokio::spawn(async move { backend.remove(&key).await })
+    };
+    let deleted = server
+        .expect(
+            Method::DELETE,
+            &deployment_path,
+            &[],
+            200,
+            status(200, "Success"),
+        )
+        .await
+        .body;
+    assert_eq!(deleted["propagationPolicy"], "Background");
+    server
+        .expect(Method::DELETE, &service_path, &[], 404, not_found())
+        .await;
+    call.await.expect("remove runs")?;
+    server.expect_no_request().await;
+    assert!(matches!(
+        backend.status(&key),
+        Err(BackendError::NotFound(_))
+    ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn scaling_a_missing_deployment_is_not_found() {
+    let (client, mut server) = ApiServer::new();
+    let backend = KubeWorkloadBackend::new(client, KubeWorkloadConfig::default());
+    let call = tokio::spawn(async move {
+        backend
+            .scale(&WorkloadKey::new("default", "gone-00001"), 1)
+            .await
+    });
+    server
+        .expect(
+            Method::PATCH,
+            &format!("{DEPLOYMENTS}/gone-00001-deployment"),
+            &[("fieldManager", "knative-operator")],
+            404,
+            not_found(),
+        )
+        .await;
+    let result = call.await.expect("scale runs");
+    assert!(
+        matches!(result, Err(BackendError::NotFound(_))),
+        "{result:?}"
+    );
+}
+
+/// Watch events (an initial list, then changes) reach the status channel.
+#[tokio::test]
+async fn watch_events_update_the_status_channel() -> Result<(), BackendError> {
+    let (client, mut server) = ApiServer::new();
+    let backend = KubeWorkloadBackend::new(client, KubeWorkloadConfig::default());
+    let key = WorkloadKey::new("default", "hello-00001");
+    let call = {
+        let backend = backend.clone();
+        tokio::spawn(async move { backend.ensure(&spec(image("hello"))).await })
+    };
+    let deployment_path = format!("{DEPLOYMENTS}/hello-00001-deployment");
+    server
+        .expect(Method::GET, &deployment_path, &[], 404, not_found())
+        .await;
+    server
+        .expect(Method::PATCH, &deployment_path, APPLY, 200, json!({}))
+        .await;
+    server
+        .expect(
+            Method::PATCH,
+            &format!("{SERVICES}/hello-00001"),
+            APPLY,
+            200,
+            json!({}),
+        )
+        .await;
+    call.await.expect("ensure runs")?;
+    let mut status = backend.status(&key)?;
+
+    let mut slices = Vec::new();
+    backend.observe(Event::Init, &mut slices);
+    backend.observe(
+        Event::InitApply(slice(&[("pod-a", "10.0.0.1", Some(true), None)])),
+        &mut slices,
+    );
+    assert!(
+        status.borrow().ready.is_empty(),
+        "nothing before the list is complete"
+    );
+    backend.observe(Event::InitDone, &mut slices);
+    assert!(status.has_changed().unwrap_or(false));
+    assert_eq!(status.borrow_and_update().ready.len(), 1);
+
+    backend.observe(
+        Event::Apply(slice(&[("pod-a", "10.0.0.1", Some(false), None)])),
+        &mut slices,
+    );
+    assert!(status.borrow_and_update().ready.is_empty());
+
+    let mut pods = Vec::new();
+    backend.observe(
+        Event::Apply(pod(
+            "pod-a",
+            container_status(waiting("ErrImagePull", "not found"), None),
+        )),
+        &mut pods,
+    );
+    assert_eq!(
+        status.borrow_and_update().failure,
+        failure("ErrImagePull", "not found", false)
+    );
+    backend.observe(Event::Delete(pod("pod-a", PodStatus::default())), &mut pods);
+    assert_eq!(status.borrow_and_update().failure, None);
+    Ok(())
+}

@@ -1,0 +1,746 @@
+//! `knative-operator`: the reference operator that runs knative-rs on a
+//! Kubernetes cluster (issue 9 §4; `DESIGN.md`, "Two compositions").
+//!
+//! ```text
+//! knative-operator crds      # every CRD as YAML (kubectl apply -f -)
+//! knative-operator rbac      # ClusterRole + ServiceAccount + ClusterRoleBinding
+//! knative-operator deploy    # Namespace + Deployment + Service for the operator
+//! knative-operator [run]     # reconcile (the default)
+//! ```
+//!
+//! `run` connects with `kube::Config::infer` (in-cluster or kubeconfig),
+//! optionally installs the CRDs (server-side apply), optionally competes for
+//! a Lease, and once it leads runs, over [`KubeObjects`]:
+//!
+//! - the Serving controllers (`knative_serving::reconciler::Serving`) with
+//!   revisions as Deployments + Services ([`KubeWorkloadBackend`]), and the
+//!   ingress + activator data plane on `--ingress-addr` (activator always in
+//!   the path: replicas are reached directly, no queue-proxy sidecar);
+//! - a controller giving every Route its Kubernetes Services
+//!   ([`RouteServices`]: `<route>` and `<tag>-<route>`, ExternalName
+//!   Services pointing at `--ingress-service-host`), so that
+//!   `<route>.<ns>.svc.cluster.local` reaches the ingress;
+//! - the Broker and Trigger controllers of Eventing with the broker ingress
+//!   on `--broker-addr` (events kept in memory in the leader: a new leader
+//!   starts with an empty log);
+//! - the TaskRun and PipelineRun controllers with a Pod per TaskRun
+//!   ([`PodStepExecutor`]), unless `--no-builds`.
+//!
+//! Not wired yet (stated here and in `--help`, not faked): the Channel,
+//! Subscription, Sequence, Parallel and source controllers;
+//! ApiServerSource watchers; a shared (NATS) event log across replicas.
+//!
+//! `/healthz` answers while the process runs, `/readyz` only while it leads
+//! and its controllers run (so the `knative-ingress` Service sends traffic
+//! to the leader only), `/metrics` counts reconciles per kind. SIGTERM or
+//! Ctrl-C stops the controllers and data planes gracefully and releases the
+//! Lease.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use clap::{Args, Parser, Subcommand};
+use futures::future::BoxFuture;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use knative_build::executor::StepExecutor;
+use knative_build::reconciler::{Build, BuildObjects};
+use knative_core::runtime::{Action, Controller, Reconciler};
+use knative_core::store::Objects;
+use knative_eventing::api::KReference;
+use knative_eventing::broker::{Brokers, DispatchConfig, IngressConfig};
+use knative_eventing::reconciler::{
+    AddressResolver, BrokerReconciler, EventingAddresses, EventingObjects, TriggerReconciler,
+};
+use knative_kube_adapter::backend::route_services::RouteServicesError;
+use knative_kube_adapter::backend::{
+    KubeWorkloadBackend, KubeWorkloadConfig, PodExecutorConfig, PodStepExecutor, RouteServices,
+    RouteServicesConfig,
+};
+use knative_kube_adapter::crds;
+use knative_kube_adapter::leader::{LeaderElector, LeaseConfig, Outcome};
+use knative_kube_adapter::manifests::{self, DeployOptions, RbacOptions};
+use knative_kube_adapter::objects::KubeObjects;
+use knative_kube_adapter::telemetry::{self, Health, Metrics, ReconcileMetrics};
+use knative_serving::api::{Route, Service};
+use knative_serving::backend::WorkloadBackend;
+use knative_serving::config::ServingConfig;
+use knative_serving::dataplane::ingress::{DataplaneConfig, ReplicaMode};
+use knative_serving::reconciler::{Serving, ServingObjects};
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+use tokio::sync::watch;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// The field manager of the operator's server-side applies.
+const FIELD_MANAGER: &str = "knative-operator";
+
+/// knative-operator: Knative Serving, Eventing and Build (Tekton) on Kubernetes.
+///
+/// Without a subcommand it runs the operator (`run`): Serving, Brokers and
+/// Triggers, TaskRuns and PipelineRuns. Not wired yet: the
+/// Channel/Subscription/Sequence/Parallel and source controllers,
+/// ApiServerSource watchers and a shared event log across replicas (the
+/// broker's events live in the leader's memory).
+#[derive(Debug, Parser)]
+#[command(
+    name = "knative-operator",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print every CustomResourceDefinition as multi-document YAML.
+    Crds,
+    /// Print the ClusterRole, ServiceAccount and ClusterRoleBinding the
+    /// operator needs (least privilege).
+    Rbac(RbacArgs),
+    /// Print a Namespace, Deployment and Service that run the operator
+    /// (apply `rbac` with the same namespace too).
+    Deploy(DeployArgs),
+    /// Run the operator (the default).
+    Run(Box<RunArgs>),
+}
+
+#[derive(Debug, Args)]
+struct RbacArgs {
+    /// The namespace of the operator's ServiceAccount.
+    #[arg(long, default_value = "knative-serving")]
+    namespace: String,
+    /// Also grant what `run --install-crds` needs (create, and get/patch/update of
+    /// knative-rs' CRDs by name).
+    #[arg(long)]
+    install_crds: bool,
+}
+
+#[derive(Debug, Args)]
+struct DeployArgs {
+    /// The namespace to run the operator in.
+    #[arg(long, default_value = "knative-serving")]
+    namespace: String,
+    /// The operator's container image (none is published yet: build and push
+    /// your own).
+    #[arg(long, default_value = "knative-operator:dev")]
+    image: String,
+    /// Replicas; they elect a leader through a Lease.
+    #[arg(long, default_value_t = 1)]
+    replicas: i32,
+    /// Make the operator install the CRDs at start.
+    #[arg(long)]
+    install_crds: bool,
+}
+
+#[derive(Clone, Debug, Args)]
+struct RunArgs {
+    /// Install (server-side apply) every CRD before starting.
+    #[arg(long)]
+    install_crds: bool,
+    /// Only reconcile objects in this namespace (default: all namespaces).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Compete for a coordination.k8s.io/v1 Lease and reconcile only while
+    /// holding it (run several replicas safely).
+    #[arg(long)]
+    leader_elect: bool,
+    /// The Lease's name.
+    #[arg(long, default_value = "knative-operator")]
+    lease_name: String,
+    /// The Lease's namespace.
+    #[arg(long, default_value = "knative-serving")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease (default: $HOSTNAME, the pod name).
+    #[arg(long)]
+    identity: Option<String>,
+    /// Where to serve /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8090")]
+    health_addr: SocketAddr,
+    /// Where to serve /metrics (Prometheus text format).
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    metrics_addr: SocketAddr,
+    /// Where the ingress and activator listen (requests for Knative Services).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    ingress_addr: SocketAddr,
+    /// Where the broker ingress listens (CloudEvents for Brokers).
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    broker_addr: SocketAddr,
+    /// The URL Brokers publish as their address (the Service in front of
+    /// --broker-addr).
+    #[arg(
+        long,
+        default_value = "http://knative-ingress.knative-serving.svc.cluster.local:8081"
+    )]
+    broker_url: String,
+    /// The DNS name Route Services point at: the Service in front of
+    /// --ingress-addr.
+    #[arg(
+        long,
+        default_value = "knative-ingress.knative-serving.svc.cluster.local"
+    )]
+    ingress_service_host: String,
+    /// Do not run the TaskRun and PipelineRun controllers.
+    #[arg(long)]
+    no_builds: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let metrics = Metrics::new();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter),
+        )
+        .with(ReconcileMetrics::new(metrics.clone()))
+        .init();
+
+    let (command, default_run) = (cli.command, cli.run);
+    let args = match command {
+        Some(Command::Run(args)) => *args,
+        None => default_run,
+        Some(printing) => return print_manifests(printing),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("knative-operator: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args, metrics)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "knative-operator stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints what `crds`, `rbac` or `deploy` print.
+fn print_manifests(command: Command) -> ExitCode {
+    let printed = match command {
+        Command::Crds => Ok(crds::to_yaml(&crds::all())),
+        Command::Rbac(args) => {
+            let (role, account, binding) = manifests::rbac(&RbacOptions {
+                namespace: args.namespace,
+                install_crds: args.install_crds,
+            });
+            to_values([
+                serde_json::to_value(role),
+                serde_json::to_value(account),
+                serde_json::to_value(binding),
+            ])
+        }
+        Command::Deploy(args) => {
+            let (namespace, deployment, service) = manifests::deploy(&DeployOptions {
+                namespace: args.namespace,
+                image: args.image,
+                replicas: args.replicas,
+                install_crds: args.install_crds,
+            });
+            to_values([
+                serde_json::to_value(namespace),
+                serde_json::to_value(deployment),
+                serde_json::to_value(service),
+            ])
+        }
+        Command::Run(_) => return ExitCode::FAILURE,
+    };
+    match printed {
+        Ok(yaml) => {
+            use std::io::Write as _;
+            match std::io::stdout().lock().write_all(yaml.as_bytes()) {
+                // `| head` closing the pipe early is not a failure.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("knative-operator: {e}");
+                    ExitCode::FAILURE
+                }
+                _ => ExitCode::SUCCESS,
+            }
+        }
+        Err(e) => {
+            eprintln!("knative-operator: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn to_values(
+    values: [Result<serde_json::Value, serde_json::Error>; 3],
+) -> Result<String, Box<dyn std::error::Error>> {
+    let values = values.into_iter().collect::<Result<Vec<_>, _>>()?;
+    Ok(manifests::to_yaml(&values)?)
+}
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// A future that completes once `stop` is set.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Sets the returned flag on SIGTERM or Ctrl-C.
+fn shutdown_on_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
+            () = terminate => tracing::info!("SIGTERM; shutting down"),
+        }
+        tx.send_replace(true);
+    });
+    rx
+}
+
+#[tracing::instrument(skip_all)]
+async fn run(args: RunArgs, metrics: Metrics) -> Result<(), Error> {
+    let shutdown = shutdown_on_signal();
+    let health = Health::new();
+    let health_listener = tokio::net::TcpListener::bind(args.health_addr)
+        .await
+        .map_err(|e| format!("--health-addr {}: {e}", args.health_addr))?;
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .map_err(|e| format!("--metrics-addr {}: {e}", args.metrics_addr))?;
+    tokio::spawn(telemetry::serve(
+        health_listener,
+        health.clone(),
+        None,
+        stopped(shutdown.clone()),
+    ));
+    tokio::spawn(telemetry::serve(
+        metrics_listener,
+        health.clone(),
+        Some(metrics.clone()),
+        stopped(shutdown.clone()),
+    ));
+
+    let client = Client::try_default()
+        .await
+        .map_err(|e| format!("cannot connect to Kubernetes (kubeconfig or in-cluster): {e}"))?;
+    if args.install_crds {
+        install_crds(&client).await?;
+    }
+    if !args.leader_elect {
+        metrics.set_leading(true);
+        return operate(client, args, health, stopped(shutdown)).await;
+    }
+
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|i| !i.is_empty())
+        .unwrap_or_else(|| format!("knative-operator-{}", uuid::Uuid::new_v4()));
+    let elector = LeaderElector::new(
+        client.clone(),
+        LeaseConfig::new(&args.lease_namespace, &args.lease_name, identity),
+    );
+    let mut leading = elector.leading();
+    let leading_metrics = metrics.clone();
+    tokio::spawn(async move {
+        while leading.changed().await.is_ok() {
+            leading_metrics.set_leading(*leading.borrow());
+        }
+    });
+    let mut failure: Option<Error> = None;
+    let outcome = elector
+        .run(stopped(shutdown), |term| async {
+            if let Err(e) = operate(client, args, health.clone(), term.ended()).await {
+                failure = Some(e);
+            }
+        })
+        .await;
+    health.set_ready(false);
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    match outcome {
+        Outcome::Shutdown | Outcome::Finished => Ok(()),
+        // Exit so that Kubernetes restarts the pod as a follower.
+        Outcome::Lost(reason) => Err(format!("lost leadership: {reason}").into()),
+    }
+}
+
+/// Server-side applies every CRD (force: this operator owns them).
+#[tracing::instrument(skip_all)]
+async fn install_crds(client: &Client) -> Result<(), Error> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    for crd in crds::all() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .map_err(|e| format!("installing CRD {name}: {e}"))?;
+        tracing::info!(crd = %name, "CRD applied");
+    }
+    Ok(())
+}
+
+/// The Kubernetes backends: **the integration point with
+/// `knative_kube_adapter::backend`** (written separately). Revisions run as
+/// Deployments + Services; TaskRun steps in a Pod per TaskRun.
+struct KubernetesBackends {
+    workload: Arc<dyn WorkloadBackend>,
+    /// Follows Deployments, Pods and EndpointSlices for the workload backend.
+    workload_status: BoxFuture<'static, ()>,
+    steps: Arc<dyn StepExecutor>,
+}
+
+fn kubernetes_backends(client: &Client, namespace: Option<&str>) -> KubernetesBackends {
+    let workload = KubeWorkloadBackend::new(
+        client.clone(),
+        KubeWorkloadConfig {
+            namespace: namespace.map(str::to_owned),
+            ..KubeWorkloadConfig::default()
+        },
+    );
+    let workload_status = Box::pin(workload.watch_status());
+    KubernetesBackends {
+        workload: Arc::new(workload),
+        workload_status,
+        steps: Arc::new(PodStepExecutor::new(
+            client.clone(),
+            PodExecutorConfig::default(),
+        )),
+    }
+}
+
+/// `KubeObjects` of one kind, in the operator's namespace scope.
+fn objects<K>(client: &Client, namespace: Option<&str>) -> Arc<KubeObjects<K>> {
+    let objects = KubeObjects::new(client.clone());
+    Arc::new(match namespace {
+        Some(ns) => objects.in_namespace(ns),
+        None => objects,
+    })
+}
+
+/// Resolves references to Knative Services and Routes to their URL, and
+/// to core `v1` Services to their cluster DNS name.
+struct KubeAddresses {
+    services: Arc<dyn Objects<Service>>,
+    routes: Arc<dyn Objects<Route>>,
+}
+
+#[async_trait]
+impl AddressResolver for KubeAddresses {
+    async fn resolve_reference(
+        &self,
+        reference: &KReference,
+        namespace: &str,
+    ) -> Result<String, String> {
+        let ns = reference
+            .namespace
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(namespace);
+        let api_version = reference
+            .api_version
+            .as_deref()
+            .or(reference.group.as_deref())
+            .unwrap_or("");
+        let name = &reference.name;
+        let pick = |url: Option<String>, address: Option<String>, what: &str| {
+            address
+                .or(url)
+                .filter(|u| !u.is_empty())
+                .ok_or_else(|| format!("{what} {ns}/{name} has no address yet"))
+        };
+        match (api_version, reference.kind.as_str()) {
+            (v, "Service") if v.starts_with("serving.knative.dev") => {
+                let svc = self
+                    .services
+                    .get(Some(ns), name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let status = svc.status.unwrap_or_default();
+                pick(status.url, status.address.and_then(|a| a.url), "service")
+            }
+            (v, "Route") if v.starts_with("serving.knative.dev") => {
+                let route = self
+                    .routes
+                    .get(Some(ns), name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let status = route.status.unwrap_or_default();
+                pick(status.url, status.address.and_then(|a| a.url), "route")
+            }
+            ("v1" | "", "Service") => Ok(format!("http://{name}.{ns}.svc.cluster.local")),
+            (v, kind) => Err(format!("cannot resolve {kind} ({v}) {ns}/{name}")),
+        }
+    }
+}
+
+/// Gives every Route its Kubernetes Services ([`RouteServices`]); owner
+/// references let the garbage collector delete them with the Route.
+struct RouteServicesReconciler {
+    services: RouteServices,
+}
+
+#[async_trait]
+impl Reconciler<Route> for RouteServicesReconciler {
+    type Error = RouteServicesError;
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn reconcile(&self, route: Arc<Route>) -> Result<Action, Self::Error> {
+        if route.metadata.deletion_timestamp.is_none() {
+            self.services.apply(&route).await?;
+        }
+        Ok(Action::await_change())
+    }
+}
+
+/// Runs every wired controller and data plane until `stop` completes.
+#[tracing::instrument(skip_all, fields(namespace = ?args.namespace))]
+async fn operate(
+    client: Client,
+    args: RunArgs,
+    health: Health,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let ns = args.namespace.as_deref();
+    let (halt, halted) = watch::channel(false);
+    let until = || stopped(halted.clone());
+
+    let backends = kubernetes_backends(&client, ns);
+
+    // Serving.
+    let serving_objects = ServingObjects {
+        services: objects::<Service>(&client, ns),
+        configurations: objects(&client, ns),
+        revisions: objects(&client, ns),
+        routes: objects::<Route>(&client, ns),
+    };
+    let serving = Serving::new(
+        serving_objects.clone(),
+        Arc::clone(&backends.workload),
+        ServingConfig::default(),
+    );
+    let dataplane = serving.dataplane(DataplaneConfig {
+        replicas: ReplicaMode::Direct,
+        ..DataplaneConfig::default()
+    });
+    let ingress = tokio::net::TcpListener::bind(args.ingress_addr)
+        .await
+        .map_err(|e| format!("--ingress-addr {}: {e}", args.ingress_addr))?;
+
+    // Eventing: brokers and triggers.
+    let eventing = EventingObjects {
+        brokers: objects(&client, ns),
+        triggers: objects(&client, ns),
+        channels: objects(&client, ns),
+        in_memory_channels: objects(&client, ns),
+        subscriptions: objects(&client, ns),
+        sequences: objects(&client, ns),
+        parallels: objects(&client, ns),
+        ping_sources: objects(&client, ns),
+        sink_bindings: objects(&client, ns),
+        container_sources: objects(&client, ns),
+        api_server_sources: objects(&client, ns),
+    };
+    let resolver: Arc<dyn AddressResolver> = Arc::new(EventingAddresses::new(
+        &eventing,
+        Some(Arc::new(KubeAddresses {
+            services: Arc::clone(&serving_objects.services),
+            routes: Arc::clone(&serving_objects.routes),
+        })),
+    ));
+    let brokers = Brokers::new(
+        Arc::new(knative_eventing::log::InMemoryLog::new()),
+        IngressConfig::default(),
+        DispatchConfig::default(),
+    );
+    let broker_listener = tokio::net::TcpListener::bind(args.broker_addr)
+        .await
+        .map_err(|e| format!("--broker-addr {}: {e}", args.broker_addr))?;
+    let broker_controller = Controller::new(
+        Arc::clone(&eventing.brokers),
+        Arc::new(BrokerReconciler::new(
+            Arc::clone(&eventing.brokers),
+            brokers.clone(),
+            Arc::clone(&resolver),
+            args.broker_url.clone(),
+        )),
+    );
+    let trigger_controller = Controller::new(
+        Arc::clone(&eventing.triggers),
+        Arc::new(TriggerReconciler::new(
+            Arc::clone(&eventing.triggers),
+            Arc::clone(&eventing.brokers),
+            brokers.clone(),
+            Arc::clone(&resolver),
+        )),
+    );
+    let route_services_controller = Controller::new(
+        Arc::clone(&serving_objects.routes),
+        Arc::new(RouteServicesReconciler {
+            services: RouteServices::new(
+                client.clone(),
+                RouteServicesConfig {
+                    ingress_host: args.ingress_service_host.clone(),
+                    field_manager: FIELD_MANAGER.to_owned(),
+                },
+            ),
+        }),
+    );
+    let (broker_controller, trigger_controller, route_services_controller) = match ns {
+        Some(ns) => (
+            broker_controller.namespace(ns),
+            trigger_controller.namespace(ns),
+            route_services_controller.namespace(ns),
+        ),
+        None => (
+            broker_controller,
+            trigger_controller,
+            route_services_controller,
+        ),
+    };
+
+    let mut tasks = vec![
+        tokio::spawn(serving.run(until())),
+        tokio::spawn(broker_controller.run(until())),
+        tokio::spawn(trigger_controller.run(until())),
+        tokio::spawn(route_services_controller.run(until())),
+        tokio::spawn({
+            let shutdown = until();
+            async move {
+                if let Err(e) = dataplane.serve(ingress, shutdown).await {
+                    tracing::error!(error = %e, "ingress stopped");
+                }
+            }
+        }),
+        tokio::spawn({
+            let shutdown = until();
+            async move {
+                if let Err(e) = brokers.serve(broker_listener, shutdown).await {
+                    tracing::error!(error = %e, "broker ingress stopped");
+                }
+            }
+        }),
+        tokio::spawn({
+            let shutdown = until();
+            let status = backends.workload_status;
+            async move {
+                tokio::select! {
+                    () = status => {}
+                    () = shutdown => {}
+                }
+            }
+        }),
+    ];
+    if !args.no_builds {
+        let build = Build::new(
+            BuildObjects {
+                tasks: objects(&client, ns),
+                task_runs: objects(&client, ns),
+                pipelines: objects(&client, ns),
+                pipeline_runs: objects(&client, ns),
+            },
+            Arc::clone(&backends.steps),
+        );
+        tasks.push(tokio::spawn(build.run(until())));
+    }
+    health.set_ready(true);
+    tracing::info!(
+        ingress = %args.ingress_addr,
+        broker = %args.broker_addr,
+        builds = !args.no_builds,
+        "controllers and data planes running"
+    );
+
+    stop.await;
+    health.set_ready(false);
+    tracing::info!("stopping controllers and data planes");
+    halt.send_replace(true);
+    for task in tasks {
+        if let Err(e) = task.await {
+            tracing::warn!(error = %e, "a task ended abnormally");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn every_flag_of_every_subcommand_is_documented() {
+        let command = Cli::command();
+        command.clone().debug_assert();
+        let mut commands = vec![command.clone()];
+        commands.extend(command.get_subcommands().cloned());
+        for command in commands {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                assert!(
+                    arg.get_help().is_some_and(|h| !h.to_string().is_empty()),
+                    "{} --{id} has no help",
+                    command.get_name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn run_is_the_default_and_takes_its_flags_at_the_top_level() {
+        let cli = Cli::try_parse_from(["knative-operator", "--install-crds", "--leader-elect"])
+            .expect("flags without a subcommand mean run");
+        assert!(cli.command.is_none());
+        assert!(cli.run.install_crds && cli.run.leader_elect);
+        assert_eq!(cli.run.namespace, None);
+
+        let cli = Cli::try_parse_from(["knative-operator", "run", "--namespace", "apps"])
+            .expect("run with a namespace");
+        let Some(Command::Run(args)) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(args.namespace.as_deref(), Some("apps"));
+
+        let cli =
+            Cli::try_parse_from(["knative-operator", "rbac", "--install-crds"]).expect("rbac");
+        assert!(matches!(
+            cli.command,
+            Some(Command::Rbac(RbacArgs {
+                install_crds: true,
+                ..
+            }))
+        ));
+        assert!(Cli::try_parse_from(["knative-operator", "--install-crds", "crds"]).is_err());
+    }
+}
