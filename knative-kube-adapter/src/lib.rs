@@ -16,11 +16,15 @@
 //! - The `knative-operator` binary (feature `operator`) composes them; its
 //!   docs list what is wired and what is not yet.
 
+pub mod apiserver_source;
 pub mod backend;
 pub mod crds;
+pub mod eventing;
 pub mod leader;
 pub mod manifests;
 pub mod objects;
+#[cfg(test)]
+mod reconcile_tests;
 #[cfg(feature = "operator")]
 pub mod telemetry;
 #[cfg(test)]

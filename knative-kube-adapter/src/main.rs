@@ -20,15 +20,34 @@
 //!   ([`RouteServices`]: `<route>` and `<tag>-<route>`, ExternalName
 //!   Services pointing at `--ingress-service-host`), so that
 //!   `<route>.<ns>.svc.cluster.local` reaches the ingress;
-//! - the Broker and Trigger controllers of Eventing with the broker ingress
-//!   on `--broker-addr` (events kept in memory in the leader: a new leader
-//!   starts with an empty log);
+//! - Eventing, as the local platform runs it: the Broker and Trigger
+//!   controllers with the broker ingress on `--broker-addr` (advertised as
+//!   `--broker-url`); the InMemoryChannel, Channel, Subscription, Sequence
+//!   and Parallel controllers with the channel ingress on `--channel-addr`
+//!   (advertised as `--channel-url`); PingSources scheduled in the operator;
+//!   SinkBindings that set `K_SINK` / `K_CE_OVERRIDES` on Deployments,
+//!   StatefulSets, DaemonSets, Jobs, CronJobs and Knative Services
+//!   ([`KubeBindingTarget`]); ContainerSources as Deployments
+//!   `<source>-deployment` ([`KubeContainerRunner`]). Brokers, channels and
+//!   pings deliver with one shared sender;
 //! - the TaskRun and PipelineRun controllers with a Pod per TaskRun
 //!   ([`PodStepExecutor`]), unless `--no-builds`.
 //!
-//! Not wired yet (stated here and in `--help`, not faked): the Channel,
-//! Subscription, Sequence, Parallel and source controllers;
-//! ApiServerSource watchers; a shared (NATS) event log across replicas.
+//! Brokers and Channels keep their events in one log, `--event-log`:
+//! `memory` (the default) keeps them in the leader's memory, so a new
+//! leader (after a failover or a restart) starts with an empty log and
+//! the events accepted but not yet delivered are lost; a NATS URL
+//! (`nats://nats.nats.svc:4222`) keeps them in NATS JetStream
+//! (`knative_eventing::log::nats::NatsLog`), so they survive the operator's
+//! restarts and failovers between replicas: the new leader's dispatchers
+//! carry on from the cursors stored in NATS (delivery is at least once).
+//! Only the leader runs ingresses and dispatchers, so with several
+//! replicas use `--leader-elect` (two dispatchers of one trigger would
+//! both deliver).
+//!
+//! ApiServerSources run their watchers in the operator process
+//! (`knative_kube_adapter::apiserver_source`): its ClusterRole must allow
+//! get, list and watch on every kind a source watches.
 //!
 //! `/healthz` answers while the process runs, `/readyz` only while it leads
 //! and its controllers run (so the `knative-ingress` Service sends traffic
@@ -48,11 +67,18 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use knative_build::executor::StepExecutor;
 use knative_build::reconciler::{Build, BuildObjects};
 use knative_core::runtime::{Action, Controller, Reconciler};
-use knative_core::store::Objects;
+use knative_core::store::{ApiObject, Objects};
 use knative_eventing::api::KReference;
 use knative_eventing::broker::{Brokers, DispatchConfig, IngressConfig};
+use knative_eventing::channel::Channels;
+use knative_eventing::delivery::Sender;
+use knative_eventing::log::nats::{NatsLog, NatsLogConfig};
+use knative_eventing::log::{EventLog, InMemoryLog};
 use knative_eventing::reconciler::{
-    AddressResolver, BrokerReconciler, EventingAddresses, EventingObjects, TriggerReconciler,
+    AddressResolver, BindingTarget, BrokerReconciler, ChannelReconciler, ContainerRunner,
+    ContainerSourceReconciler, EventingAddresses, EventingObjects, InMemoryChannelReconciler,
+    ParallelReconciler, PingScheduler, PingSourceReconciler, SequenceReconciler,
+    SinkBindingReconciler, SubscriptionReconciler, TriggerReconciler,
 };
 use knative_kube_adapter::backend::route_services::RouteServicesError;
 use knative_kube_adapter::backend::{
@@ -60,6 +86,7 @@ use knative_kube_adapter::backend::{
     RouteServicesConfig,
 };
 use knative_kube_adapter::crds;
+use knative_kube_adapter::eventing::{KubeBindingTarget, KubeContainerRunner};
 use knative_kube_adapter::leader::{LeaderElector, LeaseConfig, Outcome};
 use knative_kube_adapter::manifests::{self, DeployOptions, RbacOptions};
 use knative_kube_adapter::objects::KubeObjects;
@@ -81,11 +108,12 @@ const FIELD_MANAGER: &str = "knative-operator";
 
 /// knative-operator: Knative Serving, Eventing and Build (Tekton) on Kubernetes.
 ///
-/// Without a subcommand it runs the operator (`run`): Serving, Brokers and
-/// Triggers, TaskRuns and PipelineRuns. Not wired yet: the
-/// Channel/Subscription/Sequence/Parallel and source controllers,
-/// ApiServerSource watchers and a shared event log across replicas (the
-/// broker's events live in the leader's memory).
+/// Without a subcommand it runs the operator (`run`): Serving; Eventing
+/// (Brokers, Triggers, Channels, InMemoryChannels, Subscriptions,
+/// Sequences, Parallels, PingSources, SinkBindings, ContainerSources);
+/// TaskRuns and PipelineRuns. Events live in the leader's memory unless
+/// `--event-log` names a NATS server, which keeps them across restarts and
+/// failovers. ApiServerSources watch with the operator's own permissions.
 #[derive(Debug, Parser)]
 #[command(
     name = "knative-operator",
@@ -139,6 +167,10 @@ struct DeployArgs {
     /// Make the operator install the CRDs at start.
     #[arg(long)]
     install_crds: bool,
+    /// The operator's --event-log: a NATS URL keeps events across
+    /// failovers between replicas (default: in the leader's memory).
+    #[arg(long, value_parser = parse_event_log)]
+    event_log: Option<EventLogChoice>,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -181,6 +213,24 @@ struct RunArgs {
         default_value = "http://knative-ingress.knative-serving.svc.cluster.local:8081"
     )]
     broker_url: String,
+    /// Where the channel ingress listens (CloudEvents for InMemoryChannels,
+    /// Channels, Sequences and Parallels).
+    #[arg(long, default_value = "0.0.0.0:8082")]
+    channel_addr: SocketAddr,
+    /// The URL under which channels publish their addresses
+    /// (`<url>/<namespace>/<channel>`): the Service in front of
+    /// --channel-addr.
+    #[arg(
+        long,
+        default_value = "http://knative-ingress.knative-serving.svc.cluster.local:8082"
+    )]
+    channel_url: String,
+    /// Where Brokers and Channels keep events: `memory` (lost when the
+    /// leader changes or restarts) or a NATS JetStream URL such as
+    /// `nats://nats.nats.svc:4222` (a comma-separated list for a cluster),
+    /// which keeps them across restarts and failovers between replicas.
+    #[arg(long, default_value = "memory", value_parser = parse_event_log)]
+    event_log: EventLogChoice,
     /// The DNS name Route Services point at: the Service in front of
     /// --ingress-addr.
     #[arg(
@@ -188,9 +238,53 @@ struct RunArgs {
         default_value = "knative-ingress.knative-serving.svc.cluster.local"
     )]
     ingress_service_host: String,
+    /// The namespace of Serving's ConfigMaps (config-domain, config-network,
+    /// config-defaults, config-gc, config-autoscaler), read at start.
+    #[arg(long, default_value = "knative-serving")]
+    config_namespace: String,
     /// Do not run the TaskRun and PipelineRun controllers.
     #[arg(long)]
     no_builds: bool,
+}
+
+/// Where Brokers and Channels keep events (`--event-log`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum EventLogChoice {
+    /// In the leader's memory.
+    Memory,
+    /// On the NATS JetStream server(s) at this URL.
+    Nats(String),
+}
+
+impl std::fmt::Display for EventLogChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EventLogChoice::Memory => f.write_str("memory"),
+            EventLogChoice::Nats(url) => f.write_str(url),
+        }
+    }
+}
+
+/// Parses `--event-log`: `memory`, or NATS URLs (`nats://` or `tls://`,
+/// comma-separated).
+fn parse_event_log(value: &str) -> Result<EventLogChoice, String> {
+    if value == "memory" {
+        return Ok(EventLogChoice::Memory);
+    }
+    let urls: Vec<&str> = value.split(',').map(str::trim).collect();
+    let valid = |url: &&str| {
+        ["nats://", "tls://"].iter().any(|scheme| {
+            url.strip_prefix(scheme)
+                .is_some_and(|host| !host.is_empty())
+        })
+    };
+    if urls.iter().all(valid) {
+        Ok(EventLogChoice::Nats(value.to_owned()))
+    } else {
+        Err(format!(
+            "expected `memory` or a NATS URL such as nats://nats.nats.svc:4222, not {value:?}"
+        ))
+    }
 }
 
 fn main() -> ExitCode {
@@ -253,6 +347,10 @@ fn print_manifests(command: Command) -> ExitCode {
                 image: args.image,
                 replicas: args.replicas,
                 install_crds: args.install_crds,
+                event_log: args
+                    .event_log
+                    .filter(|log| *log != EventLogChoice::Memory)
+                    .map(|log| log.to_string()),
             });
             to_values([
                 serde_json::to_value(namespace),
@@ -436,6 +534,51 @@ fn kubernetes_backends(client: &Client, namespace: Option<&str>) -> KubernetesBa
     }
 }
 
+/// Serving's settings from upstream's ConfigMaps in `namespace`
+/// (`config-defaults`, `config-network`, `config-domain`, `config-gc`,
+/// `config-autoscaler`), read once at start; a missing ConfigMap keeps
+/// upstream's defaults, a bad value stops the operator with the
+/// ConfigMap and key named.
+async fn serving_config(client: &Client, namespace: &str) -> Result<ServingConfig, Error> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let read = |name: &'static str| {
+        let api = api.clone();
+        async move {
+            match api.get_opt(name).await {
+                Ok(found) => Ok(found.and_then(|cm| cm.data)),
+                Err(e) => Err(format!("reading ConfigMap {namespace}/{name}: {e}")),
+            }
+        }
+    };
+    let mut config = ServingConfig::default();
+    if let Some(data) = read("config-defaults").await? {
+        config.defaults = knative_serving::config::Defaults::from_config_map(&data)
+            .map_err(|e| format!("namespace {namespace}: {e}"))?;
+    }
+    if let Some(data) = read("config-network").await? {
+        config.network = knative_serving::config::Network::from_config_map(&data)
+            .map_err(|e| format!("namespace {namespace}: {e}"))?;
+    }
+    if let Some(data) = read("config-domain").await? {
+        config.network = config.network.with_domain_config_map(&data);
+    }
+    if let Some(data) = read("config-gc").await? {
+        config.gc = knative_serving::reconciler::gc::GcConfig::from_config_map(&data)
+            .map_err(|e| format!("{namespace}/config-gc: {e}"))?;
+    }
+    if let Some(data) = read("config-autoscaler").await? {
+        config.autoscaler =
+            knative_serving::autoscaling::config::AutoscalerConfig::from_config_map(&data)
+                .map_err(|e| format!("{namespace}/config-autoscaler: {e}"))?;
+    }
+    tracing::info!(
+        domain = %config.network.domain,
+        "serving configuration read from {namespace}"
+    );
+    Ok(config)
+}
+
 /// `KubeObjects` of one kind, in the operator's namespace scope.
 fn objects<K>(client: &Client, namespace: Option<&str>) -> Arc<KubeObjects<K>> {
     let objects = KubeObjects::new(client.clone());
@@ -520,6 +663,17 @@ impl Reconciler<Route> for RouteServicesReconciler {
     }
 }
 
+/// `controller`, watching only `namespace` when given (`--namespace`).
+fn scoped<K: ApiObject, R: Reconciler<K>>(
+    controller: Controller<K, R>,
+    namespace: Option<&str>,
+) -> Controller<K, R> {
+    match namespace {
+        Some(ns) => controller.namespace(ns),
+        None => controller,
+    }
+}
+
 /// Runs every wired controller and data plane until `stop` completes.
 #[tracing::instrument(skip_all, fields(namespace = ?args.namespace))]
 async fn operate(
@@ -544,7 +698,7 @@ async fn operate(
     let serving = Serving::new(
         serving_objects.clone(),
         Arc::clone(&backends.workload),
-        ServingConfig::default(),
+        serving_config(&client, &args.config_namespace).await?,
     );
     let dataplane = serving.dataplane(DataplaneConfig {
         replicas: ReplicaMode::Direct,
@@ -575,11 +729,33 @@ async fn operate(
             routes: Arc::clone(&serving_objects.routes),
         })),
     ));
-    let brokers = Brokers::new(
-        Arc::new(knative_eventing::log::InMemoryLog::new()),
+    // One log for brokers and channels, one sender for brokers, channels
+    // and pings.
+    let log: Arc<dyn EventLog> = match &args.event_log {
+        EventLogChoice::Memory => Arc::new(InMemoryLog::new()),
+        EventLogChoice::Nats(url) => Arc::new(
+            NatsLog::connect(url, NatsLogConfig::default())
+                .await
+                .map_err(|e| format!("--event-log {url}: {e}"))?,
+        ),
+    };
+    let sender = Sender::new();
+    let brokers = Brokers::with_sender(
+        Arc::clone(&log),
         IngressConfig::default(),
         DispatchConfig::default(),
+        sender.clone(),
     );
+    let channels = Channels::with_sender(
+        Arc::clone(&log),
+        knative_eventing::binding::Limits::default(),
+        DispatchConfig::default(),
+        sender.clone(),
+    );
+    let pings = PingScheduler::with_sender(sender, Default::default());
+    let channel_listener = tokio::net::TcpListener::bind(args.channel_addr)
+        .await
+        .map_err(|e| format!("--channel-addr {}: {e}", args.channel_addr))?;
     let broker_listener = tokio::net::TcpListener::bind(args.broker_addr)
         .await
         .map_err(|e| format!("--broker-addr {}: {e}", args.broker_addr))?;
@@ -613,24 +789,93 @@ async fn operate(
             ),
         }),
     );
-    let (broker_controller, trigger_controller, route_services_controller) = match ns {
-        Some(ns) => (
-            broker_controller.namespace(ns),
-            trigger_controller.namespace(ns),
-            route_services_controller.namespace(ns),
-        ),
-        None => (
-            broker_controller,
-            trigger_controller,
-            route_services_controller,
-        ),
-    };
+    let in_memory_channel_controller = InMemoryChannelReconciler::new(
+        Arc::clone(&eventing.in_memory_channels),
+        channels.clone(),
+        Arc::clone(&resolver),
+        args.channel_url.clone(),
+    )
+    .into_controller();
+    let channel_controller = ChannelReconciler::new(
+        Arc::clone(&eventing.channels),
+        Arc::clone(&eventing.in_memory_channels),
+    )
+    .into_controller();
+    let subscription_controller = SubscriptionReconciler::new(
+        Arc::clone(&eventing.subscriptions),
+        Arc::clone(&eventing.channels),
+        Arc::clone(&eventing.in_memory_channels),
+        Arc::clone(&resolver),
+    )
+    .into_controller();
+    let sequence_controller = SequenceReconciler::new(
+        Arc::clone(&eventing.sequences),
+        Arc::clone(&eventing.in_memory_channels),
+        Arc::clone(&eventing.subscriptions),
+    )
+    .into_controller();
+    let parallel_controller = ParallelReconciler::new(
+        Arc::clone(&eventing.parallels),
+        Arc::clone(&eventing.in_memory_channels),
+        Arc::clone(&eventing.subscriptions),
+    )
+    .into_controller();
+    let ping_source_controller = PingSourceReconciler::new(
+        Arc::clone(&eventing.ping_sources),
+        Arc::clone(&resolver),
+        pings.clone(),
+    )
+    .into_controller();
+    let binding_target: Arc<dyn BindingTarget> = Arc::new(KubeBindingTarget::with_field_manager(
+        client.clone(),
+        FIELD_MANAGER,
+    ));
+    let sink_binding_controller = SinkBindingReconciler::new(
+        Arc::clone(&eventing.sink_bindings),
+        Arc::clone(&resolver),
+        binding_target,
+    )
+    .into_controller();
+    let container_runner: Arc<dyn ContainerRunner> = Arc::new(
+        KubeContainerRunner::with_field_manager(client.clone(), FIELD_MANAGER),
+    );
+    let container_source_controller = ContainerSourceReconciler::new(
+        Arc::clone(&eventing.container_sources),
+        Arc::clone(&resolver),
+        container_runner,
+    )
+    .into_controller();
 
     let mut tasks = vec![
         tokio::spawn(serving.run(until())),
-        tokio::spawn(broker_controller.run(until())),
-        tokio::spawn(trigger_controller.run(until())),
-        tokio::spawn(route_services_controller.run(until())),
+        tokio::spawn(scoped(broker_controller, ns).run(until())),
+        tokio::spawn(scoped(trigger_controller, ns).run(until())),
+        tokio::spawn(scoped(route_services_controller, ns).run(until())),
+        tokio::spawn(scoped(in_memory_channel_controller, ns).run(until())),
+        tokio::spawn(scoped(channel_controller, ns).run(until())),
+        tokio::spawn(scoped(subscription_controller, ns).run(until())),
+        tokio::spawn(scoped(sequence_controller, ns).run(until())),
+        tokio::spawn(scoped(parallel_controller, ns).run(until())),
+        tokio::spawn(scoped(ping_source_controller, ns).run(until())),
+        tokio::spawn(scoped(sink_binding_controller, ns).run(until())),
+        tokio::spawn(scoped(container_source_controller, ns).run(until())),
+        // ApiServerSource: see apiserver_source.rs
+        tokio::spawn({
+            let (client, sources) = (client.clone(), Arc::clone(&eventing.api_server_sources));
+            let (resolver, shutdown) = (Arc::clone(&resolver), until());
+            let ns = ns.map(str::to_owned);
+            async move {
+                // Events carry the API server's URL as their source.
+                let url = kube::Config::infer()
+                    .await
+                    .map(|c| c.cluster_url.to_string())
+                    .unwrap_or_default();
+                let controller = knative_kube_adapter::apiserver_source::controller(
+                    client, sources, resolver, &url,
+                );
+                scoped(controller, ns.as_deref()).run(shutdown).await;
+            }
+        }),
         tokio::spawn({
             let shutdown = until();
             async move {
@@ -641,9 +886,19 @@ async fn operate(
         }),
         tokio::spawn({
             let shutdown = until();
+            let brokers = brokers.clone();
             async move {
                 if let Err(e) = brokers.serve(broker_listener, shutdown).await {
                     tracing::error!(error = %e, "broker ingress stopped");
+                }
+            }
+        }),
+        tokio::spawn({
+            let shutdown = until();
+            let channels = channels.clone();
+            async move {
+                if let Err(e) = channels.serve(channel_listener, shutdown).await {
+                    tracing::error!(error = %e, "channel ingress stopped");
                 }
             }
         }),
@@ -674,10 +929,15 @@ async fn operate(
     tracing::info!(
         ingress = %args.ingress_addr,
         broker = %args.broker_addr,
+        channel = %args.channel_addr,
+        event_log = %args.event_log,
         builds = !args.no_builds,
         "controllers and data planes running"
     );
 
+    // The data planes' dispatchers and ping schedules live as long as
+    // these handles: until this term ends.
+    let data_planes = (brokers, channels, pings);
     stop.await;
     health.set_ready(false);
     tracing::info!("stopping controllers and data planes");
@@ -687,6 +947,7 @@ async fn operate(
             tracing::warn!(error = %e, "a task ended abnormally");
         }
     }
+    drop(data_planes);
     Ok(())
 }
 
@@ -715,6 +976,84 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_eventing_flags_are_documented_with_their_defaults() {
+        let command = Cli::command();
+        for (flag, default, words) in [
+            ("channel_addr", "0.0.0.0:8082", "channel ingress"),
+            (
+                "channel_url",
+                "http://knative-ingress.knative-serving.svc.cluster.local:8082",
+                "channels publish",
+            ),
+            ("event_log", "memory", "nats://"),
+        ] {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_id() == flag)
+                .unwrap_or_else(|| panic!("--{flag} exists"));
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            assert!(help.contains(words), "--{flag}: {help}");
+            let defaults: Vec<String> = arg
+                .get_default_values()
+                .iter()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(defaults, [default], "--{flag}");
+        }
+        let long_help = command.clone().render_long_help().to_string();
+        for flag in ["--channel-addr", "--channel-url", "--event-log"] {
+            assert!(long_help.contains(flag), "{flag} in --help");
+        }
+        assert!(
+            !long_help.contains("Channel/Subscription/Sequence/Parallel and source controllers"),
+            "--help no longer says the eventing controllers are missing"
+        );
+        assert!(long_help.contains("ApiServerSource"), "{long_help}");
+
+        let cli = Cli::try_parse_from(["knative-operator"]).expect("defaults");
+        assert_eq!(cli.run.event_log, EventLogChoice::Memory);
+        assert_eq!(cli.run.channel_addr.port(), 8082);
+        let cli = Cli::try_parse_from([
+            "knative-operator",
+            "--event-log",
+            "nats://nats.nats.svc:4222",
+            "--channel-addr",
+            "127.0.0.1:9082",
+        ])
+        .expect("a NATS log");
+        assert_eq!(
+            cli.run.event_log,
+            EventLogChoice::Nats("nats://nats.nats.svc:4222".into())
+        );
+        assert_eq!(cli.run.channel_addr.port(), 9082);
+    }
+
+    #[test]
+    fn the_event_log_is_memory_or_nats_urls() {
+        assert_eq!(parse_event_log("memory"), Ok(EventLogChoice::Memory));
+        for urls in [
+            "nats://127.0.0.1:4222",
+            "nats://a:4222,nats://b:4222",
+            "tls://nats.example.com:4222",
+        ] {
+            assert_eq!(
+                parse_event_log(urls),
+                Ok(EventLogChoice::Nats(urls.to_owned()))
+            );
+        }
+        for bad in [
+            "",
+            "disk",
+            "nats://",
+            "http://nats:4222",
+            "nats://a,redis://b",
+        ] {
+            assert!(parse_event_log(bad).is_err(), "{bad:?}");
+        }
+        assert!(Cli::try_parse_from(["knative-operator", "--event-log", "disk"]).is_err());
     }
 
     #[test]

@@ -7,10 +7,13 @@
 //! | API group | resources | verbs |
 //! |---|---|---|
 //! | every Knative group, `tekton.dev` (from [`crds::all`]) | the kinds, `/status`, `/finalizers` | read, write, delete (Tasks and Pipelines: read only) |
-//! | `apps` | deployments | read, write, delete (revisions' Deployments) |
+//! | `apps` | deployments | read, write, delete (revisions' and ContainerSources' Deployments; SinkBinding subjects) |
+//! | `apps` | statefulsets, daemonsets | get, list, patch (SinkBinding subjects' environment) |
+//! | `batch` | jobs, cronjobs | get, list, patch (SinkBinding subjects' environment) |
 //! | core | services, pods, configmaps, endpoints | read, write, delete |
 //! | core | pods/log | get (build logs before a pod is deleted) |
 //! | core, `events.k8s.io` | events | create, patch |
+//! | core | events, namespaces | read (ApiServerSource watches; its namespaceSelector). A source watching other kinds needs get/list/watch on them added |
 //! | `discovery.k8s.io` | endpointslices | read (revision readiness) |
 //! | `coordination.k8s.io` | leases | get, create, update (leader election) |
 //! | `apiextensions.k8s.io` | customresourcedefinitions | only with `--install-crds`: create, and get/patch/update of the CRDs by name |
@@ -37,12 +40,15 @@ use crate::crds;
 /// Deployment.
 pub const NAME: &str = "knative-operator";
 
-/// The Service in front of the operator's ingress and broker ingress
+/// The Service in front of the operator's ingress, broker ingress and
+/// channel ingress
 /// (`knative-ingress.<namespace>.svc.cluster.local`, where Route Services
 /// point).
 pub const INGRESS_SERVICE: &str = "knative-ingress";
 
 const READ: &[&str] = &["get", "list", "watch"];
+/// What binding a SinkBinding subject takes.
+const BIND: &[&str] = &["get", "list", "patch"];
 const READ_WRITE: &[&str] = &[
     "get", "list", "watch", "create", "update", "patch", "delete",
 ];
@@ -122,6 +128,15 @@ pub fn policy_rules(install_crds: bool) -> Vec<PolicyRule> {
         }
     }
     rules.push(rule(&["apps"], strings(&["deployments"]), READ_WRITE));
+    // SinkBinding subjects (`eventing::KubeBindingTarget`): read by name or
+    // selector, environment patched. Knative Services and Deployments are
+    // covered above.
+    rules.push(rule(
+        &["apps"],
+        strings(&["statefulsets", "daemonsets"]),
+        BIND,
+    ));
+    rules.push(rule(&["batch"], strings(&["jobs", "cronjobs"]), BIND));
     rules.push(rule(
         &[""],
         strings(&["services", "pods", "configmaps", "endpoints"]),
@@ -133,6 +148,9 @@ pub fn policy_rules(install_crds: bool) -> Vec<PolicyRule> {
         strings(&["events"]),
         &["create", "patch"],
     ));
+    // ApiServerSource (`apiserver_source`): the kinds upstream's examples
+    // watch; pods, services and deployments are readable above.
+    rules.push(rule(&[""], strings(&["events", "namespaces"]), READ));
     rules.push(rule(
         &["discovery.k8s.io"],
         strings(&["endpointslices"]),
@@ -201,12 +219,16 @@ pub struct DeployOptions {
     pub replicas: i32,
     /// Whether the operator installs the CRDs at start.
     pub install_crds: bool,
+    /// The operator's `--event-log` (`None`: in memory). With several
+    /// replicas, a NATS URL keeps the events across failovers.
+    pub event_log: Option<String>,
 }
 
 /// The ports the operator listens on.
-const PORTS: [(&str, i32); 4] = [
+const PORTS: [(&str, i32); 5] = [
     ("http", 8080),
     ("broker", 8081),
+    ("channel", 8082),
     ("health", 8090),
     ("metrics", 9090),
 ];
@@ -246,7 +268,8 @@ fn probe(path: &str) -> Probe {
 
 /// The operator's Namespace, Deployment (running as the [`rbac`]
 /// ServiceAccount, leader-elected, with health probes) and the
-/// [`INGRESS_SERVICE`] Service in front of its ingress and broker ingress.
+/// [`INGRESS_SERVICE`] Service in front of its ingress, broker ingress and
+/// channel ingress.
 pub fn deploy(options: &DeployOptions) -> (Namespace, Deployment, Service) {
     let ns = options.namespace.as_str();
     let namespace = Namespace {
@@ -261,6 +284,7 @@ pub fn deploy(options: &DeployOptions) -> (Namespace, Deployment, Service) {
     ]);
     args.push(format!("--ingress-addr=0.0.0.0:{}", port("http")));
     args.push(format!("--broker-addr=0.0.0.0:{}", port("broker")));
+    args.push(format!("--channel-addr=0.0.0.0:{}", port("channel")));
     args.push(format!("--health-addr=0.0.0.0:{}", port("health")));
     args.push(format!("--metrics-addr=0.0.0.0:{}", port("metrics")));
     args.push(format!(
@@ -268,8 +292,15 @@ pub fn deploy(options: &DeployOptions) -> (Namespace, Deployment, Service) {
         port("broker")
     ));
     args.push(format!(
+        "--channel-url=http://{INGRESS_SERVICE}.{ns}.svc.cluster.local:{}",
+        port("channel")
+    ));
+    args.push(format!(
         "--ingress-service-host={INGRESS_SERVICE}.{ns}.svc.cluster.local"
     ));
+    if let Some(log) = &options.event_log {
+        args.push(format!("--event-log={log}"));
+    }
     if options.install_crds {
         args.push("--install-crds".into());
     }
@@ -310,9 +341,12 @@ pub fn deploy(options: &DeployOptions) -> (Namespace, Deployment, Service) {
                 match_labels: Some(selector.clone()),
                 ..LabelSelector::default()
             },
-            // Never two leaders' worth of pods during a rollout beyond the Lease.
+            // Recreate, not RollingUpdate: only the replica holding the
+            // Lease is ready (`/readyz`), so a new pod of a rolling update
+            // never becomes ready while an old one leads, and the rollout
+            // would stall until its progress deadline.
             strategy: Some(DeploymentStrategy {
-                type_: Some("RollingUpdate".into()),
+                type_: Some("Recreate".into()),
                 ..DeploymentStrategy::default()
             }),
             template: PodTemplateSpec {
@@ -346,6 +380,12 @@ pub fn deploy(options: &DeployOptions) -> (Namespace, Deployment, Service) {
                     name: Some("broker".into()),
                     port: port("broker"),
                     target_port: Some(IntOrString::String("broker".into())),
+                    ..ServicePort::default()
+                },
+                ServicePort {
+                    name: Some("channel".into()),
+                    port: port("channel"),
+                    target_port: Some(IntOrString::String("channel".into())),
                     ..ServicePort::default()
                 },
             ]),
@@ -441,6 +481,20 @@ mod tests {
         let rules = policy_rules(false);
         let verbs = |g: &str, r: &str| rule_for(&rules, g, r).map(|x| x.verbs.clone());
         assert_eq!(verbs("apps", "deployments"), Some(strings(READ_WRITE)));
+        for (group, resource) in [
+            ("apps", "statefulsets"),
+            ("apps", "daemonsets"),
+            ("batch", "jobs"),
+            ("batch", "cronjobs"),
+        ] {
+            assert_eq!(
+                verbs(group, resource),
+                Some(strings(&["get", "list", "patch"])),
+                "{group} {resource}: SinkBinding subjects are read and patched, no more"
+            );
+        }
+        assert!(rule_for(&rules, "apps", "replicasets").is_none());
+        assert!(rule_for(&rules, "batch", "jobs/status").is_none());
         assert_eq!(
             verbs("discovery.k8s.io", "endpointslices"),
             Some(strings(READ))
@@ -488,6 +542,7 @@ mod tests {
             image: "example.com/knative-operator:dev".into(),
             replicas: 2,
             install_crds: false,
+            event_log: Some("nats://nats.nats.svc:4222".into()),
         });
         let spec = deployment.spec.clone();
         let pod = spec.template.spec.expect("a pod spec");
@@ -501,6 +556,21 @@ mod tests {
             ),
             "{args:?}"
         );
+        for arg in [
+            "--channel-addr=0.0.0.0:8082",
+            "--channel-url=http://knative-ingress.knative-serving.svc.cluster.local:8082",
+            "--event-log=nats://nats.nats.svc:4222",
+        ] {
+            assert!(args.contains(&arg.to_owned()), "{arg} in {args:?}");
+        }
+        let service_spec = service.spec.clone().unwrap_or_default();
+        let ports: Vec<i32> = service_spec
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| p.port)
+            .collect();
+        assert_eq!(ports, [80, 8081, 8082]);
         assert_eq!(
             service.spec.and_then(|s| s.selector),
             spec.selector.match_labels
