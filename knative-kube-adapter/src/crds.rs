@@ -109,11 +109,85 @@ pub fn make_structural(mut crd: CustomResourceDefinition) -> CustomResourceDefin
             continue;
         };
         rewrite(&mut value, true);
+        relax_required(&mut value);
         if let Ok(rewritten) = serde_json::from_value(value) {
             *schema = rewritten;
         }
     }
     crd
+}
+
+/// Takes out of `required` what upstream's webhooks default, so that
+/// upstream's manifests are accepted without them (there is no defaulting
+/// webhook here; the reconcilers default in memory):
+///
+/// - `spec` at the root (a Broker or an InMemoryChannel is often written
+///   without one);
+/// - a container's `name` (Knative names the serving container
+///   `user-container`; ContainerSource names containers too);
+/// - a probe handler's `port` (Knative probes the container port).
+fn relax_required(root: &mut Value) {
+    remove_required(root, "spec");
+    relax_below(root, Place::Other);
+}
+
+/// Where a schema node sits, for [`relax_required`].
+#[derive(Clone, Copy, PartialEq)]
+enum Place {
+    Other,
+    /// The item schema of a `containers` / `initContainers` list.
+    Container,
+    /// Inside a `*Probe` of a container.
+    Probe,
+}
+
+fn relax_below(node: &mut Value, place: Place) {
+    match place {
+        Place::Container => remove_required(node, "name"),
+        Place::Probe => remove_required(node, "port"),
+        Place::Other => {}
+    }
+    let Value::Object(map) = node else { return };
+    if let Some(Value::Object(props)) = map.get_mut("properties") {
+        for (key, child) in props.iter_mut() {
+            let inner = match (place, key.as_str()) {
+                (_, "containers" | "initContainers") => {
+                    if let Some(items) = child.get_mut("items") {
+                        relax_below(items, Place::Container);
+                    }
+                    continue;
+                }
+                (Place::Container, k) if k.ends_with("Probe") => Place::Probe,
+                (Place::Probe, _) => Place::Probe,
+                _ => Place::Other,
+            };
+            relax_below(child, inner);
+        }
+    }
+    for key in ["items", "additionalProperties"] {
+        if let Some(child) = map.get_mut(key) {
+            relax_below(
+                child,
+                if place == Place::Probe {
+                    place
+                } else {
+                    Place::Other
+                },
+            );
+        }
+    }
+}
+
+/// Removes `field` from the node's `required` list (and the list when it
+/// ends up empty).
+fn remove_required(node: &mut Value, field: &str) {
+    let Value::Object(map) = node else { return };
+    if let Some(Value::Array(required)) = map.get_mut("required") {
+        required.retain(|r| r != field);
+        if required.is_empty() {
+            map.remove("required");
+        }
+    }
 }
 
 /// The keys of a schema node that hold value validations only.

@@ -32,6 +32,12 @@
 //! [`KubeObjects::in_namespace`] restricts a view to one namespace (the
 //! operator's `--namespace`).
 //!
+//! Reads (`get`, `list`, `watch`) decode objects themselves: a missing
+//! `spec` reads as `{}` (there is no defaulting webhook, and upstream's
+//! manifests leave out all-optional specs), and an object that still does
+//! not read as `K` is skipped with a warning by `list` and `watch` rather
+//! than stopping the kind's controller.
+//!
 //! Like the in-memory store, `replace` and `replace_status` refuse an object
 //! without `metadata.resourceVersion` (so no update is ever unconditional),
 //! and a namespaced kind needs a namespace for anything but `list` and
@@ -46,7 +52,9 @@ use futures::{StreamExt, stream::BoxStream};
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
 use knative_core::apis::FieldError;
 use knative_core::store::{ApiObject, Deletion, ObjectKey, Objects, StoreError, Watch, WatchEvent};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::core::{Selector, Status};
 use kube::runtime::watcher;
 use kube::{Client, Resource};
@@ -167,6 +175,18 @@ where
 
     fn api(&self, namespace: Option<&str>) -> Api<K> {
         <K::Scope as KubeScope>::api(self.client.clone(), Self::scoped(namespace))
+    }
+
+    /// The same API, read as untyped objects: reads go through [`decode`]
+    /// so that objects written without a `spec` (a Broker, an
+    /// InMemoryChannel) still read, and one object that does not convert
+    /// does not break a list or a watch.
+    fn raw_api(&self, namespace: Option<&str>) -> Api<DynamicObject> {
+        let resource = ApiResource::erase::<K>(&K::DynamicType::default());
+        match Self::scoped(namespace) {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
+            None => Api::all_with(self.client.clone(), &resource),
+        }
     }
 
     /// The namespace a `list` or `watch` covers, or `Err(())` when it lies
@@ -344,6 +364,37 @@ pub fn status_error<K: ApiObject>(key: &ObjectKey, status: Status) -> StoreError
     }
 }
 
+/// An object read from the API server as `K`. A missing `spec` reads as
+/// `{}`: upstream's webhooks default it, and manifests of kinds whose spec
+/// is all optional (a Broker, an InMemoryChannel) leave it out.
+fn decode<K: ApiObject>(object: DynamicObject) -> Result<K, serde_json::Error> {
+    let mut value = serde_json::to_value(object)?;
+    if let Some(map) = value.as_object_mut() {
+        map.entry("spec").or_insert_with(|| json!({}));
+    }
+    serde_json::from_value(value)
+}
+
+/// [`decode`], or `None` with a warning naming the object: a list or a
+/// watch goes on without an object this version cannot read.
+fn decode_or_skip<K: ApiObject>(object: DynamicObject) -> Option<K> {
+    let name = object.metadata.name.clone().unwrap_or_default();
+    let namespace = object.metadata.namespace.clone().unwrap_or_default();
+    match decode(object) {
+        Ok(decoded) => Some(decoded),
+        Err(error) => {
+            tracing::warn!(
+                kind = %K::kind_name(),
+                %namespace,
+                %name,
+                %error,
+                "skipping an object that does not read as this kind"
+            );
+            None
+        }
+    }
+}
+
 /// Orders objects as [`Objects::list`] promises: by namespace, then name.
 fn sort_by_key<K: ApiObject>(objects: &mut [K]) {
     objects.sort_by_cached_key(ApiObject::key);
@@ -363,6 +414,7 @@ fn deleted_object<K: ApiObject>(key: &ObjectKey, status: &Status) -> Result<K, S
         "apiVersion": K::api_version_name(),
         "kind": K::kind_name(),
         "metadata": { "name": key.name, "namespace": key.namespace, "uid": uid },
+        "spec": {},
     });
     serde_json::from_value(value).map_err(|e| {
         StoreError::Backend(
@@ -395,8 +447,17 @@ where
     #[tracing::instrument(level = "trace", skip(self), fields(kind = %K::kind_name()))]
     async fn get(&self, namespace: Option<&str>, name: &str) -> Result<K, StoreError> {
         let key = key_of(Self::scoped(namespace), name);
-        let api = self.api_for(namespace, name)?;
-        api.get(name).await.map_err(|e| store_error::<K>(&key, e))
+        self.api_for(namespace, name)?;
+        let object = self
+            .raw_api(key.namespace())
+            .get(name)
+            .await
+            .map_err(|e| store_error::<K>(&key, e))?;
+        decode(object).map_err(|source| StoreError::Serialization {
+            kind: K::kind_name(),
+            key: key.to_string(),
+            source,
+        })
     }
 
     #[tracing::instrument(level = "trace", skip(self), fields(kind = %K::kind_name(), selector = %selector))]
@@ -414,11 +475,11 @@ where
             params = params.labels_from(selector);
         }
         let list = self
-            .api(namespace)
+            .raw_api(namespace)
             .list(&params)
             .await
             .map_err(|e| store_error::<K>(&key, e))?;
-        let mut items = list.items;
+        let mut items: Vec<K> = list.items.into_iter().filter_map(decode_or_skip).collect();
         sort_by_key(&mut items);
         Ok(items)
     }
@@ -500,7 +561,20 @@ where
                 events: futures::stream::pending().boxed(),
             });
         };
-        let mut stream = watcher(self.api(namespace), watcher::Config::default()).boxed();
+        let mut stream = watcher(self.raw_api(namespace), watcher::Config::default())
+            .filter_map(|event| async move {
+                Some(match event {
+                    Ok(watcher::Event::Apply(o)) => Ok(watcher::Event::Apply(decode_or_skip(o)?)),
+                    Ok(watcher::Event::Delete(o)) => Ok(watcher::Event::Delete(decode_or_skip(o)?)),
+                    Ok(watcher::Event::InitApply(o)) => {
+                        Ok(watcher::Event::InitApply(decode_or_skip(o)?))
+                    }
+                    Ok(watcher::Event::Init) => Ok(watcher::Event::Init),
+                    Ok(watcher::Event::InitDone) => Ok(watcher::Event::InitDone),
+                    Err(e) => Err(e),
+                })
+            })
+            .boxed();
         let mut initial = Vec::new();
         loop {
             match stream.next().await {

@@ -90,6 +90,7 @@
 //! RBAC: `pods` create, get, list, watch, delete; `pods/log` get;
 //! `tekton.dev/taskruns` get.
 
+use base64::Engine as _;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -431,11 +432,16 @@ pub fn desired_pod(
             Some(script) => {
                 let var = format!("SCRIPT_{i}");
                 let file = format!("{SCRIPTS_DIR}/{container}");
-                prepare.push(format!("printf '%s' \"${var}\" > {file}"));
+                // Base64 in the variable: the kubelet expands `$(NAME)`
+                // and turns `$$` into `$` in env values, which would change
+                // the script.
+                prepare.push(format!("printf '%s' \"${var}\" | base64 -d > {file}"));
                 prepare.push(format!("chmod +x {file}"));
                 prepare_env.push(EnvVar {
                     name: var,
-                    value: Some(script_file(script)),
+                    value: Some(
+                        base64::engine::general_purpose::STANDARD.encode(script_file(script)),
+                    ),
                     ..EnvVar::default()
                 });
                 vec![file]

@@ -586,3 +586,155 @@ fn rewriting_turns_nullable_any_of_into_nullable_types() {
     let errs = structural_errors(&crd);
     assert!(errs.is_empty(), "{errs}");
 }
+
+/// What the API server checks of an object against a structural schema
+/// that a missing default would break: each value's `type`, and the
+/// `required` fields of each object (int-or-string, preserved and
+/// nullable nodes as the API server treats them). Problems as
+/// `path: message`.
+fn schema_problems(schema: &Value, value: &Value, path: &str, problems: &mut Vec<String>) {
+    if value.is_null() && schema["nullable"] == json!(true) {
+        return;
+    }
+    if schema["x-kubernetes-int-or-string"] == json!(true) {
+        if !(value.is_string() || value.is_i64() || value.is_u64()) {
+            problems.push(format!("{path}: not an int or a string"));
+        }
+        return;
+    }
+    let ty = schema["type"].as_str().unwrap_or("");
+    let matches = match ty {
+        "object" => value.is_object(),
+        "array" => value.is_array(),
+        "string" => value.is_string(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        "boolean" => value.is_boolean(),
+        _ => true,
+    };
+    if !matches {
+        problems.push(format!("{path}: expected {ty}, got {value}"));
+        return;
+    }
+    if let Some(items) = value.as_array() {
+        for (i, item) in items.iter().enumerate() {
+            schema_problems(&schema["items"], item, &format!("{path}[{i}]"), problems);
+        }
+    }
+    let Some(fields) = value.as_object() else {
+        return;
+    };
+    for required in schema["required"].as_array().into_iter().flatten() {
+        if let Some(name) = required.as_str()
+            && !fields.contains_key(name)
+        {
+            problems.push(format!("{path}.{name}: Required value"));
+        }
+    }
+    if path.is_empty() {
+        // metadata is the API server's own.
+        for (name, child) in fields {
+            if name != "metadata" && name != "apiVersion" && name != "kind" {
+                schema_problems(&schema["properties"][name], child, name, problems);
+            }
+        }
+        return;
+    }
+    for (name, child) in fields {
+        if let Some(property) = schema["properties"].get(name) {
+            schema_problems(property, child, &format!("{path}.{name}"), problems);
+        } else if let Some(extra) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+            schema_problems(extra, child, &format!("{path}.{name}"), problems);
+        }
+    }
+}
+
+/// Every YAML document of the repository's fixtures and sample manifests.
+fn manifests() -> Vec<(String, Value)> {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let dirs = [
+        "knative-serving/tests/fixtures",
+        "knative-eventing/tests/fixtures",
+        "knative-build/tests/fixtures",
+        "examples/manifests",
+    ];
+    let mut found = Vec::new();
+    for dir in dirs {
+        let mut files: Vec<_> = std::fs::read_dir(format!("{root}/{dir}"))
+            .unwrap_or_else(|e| panic!("{dir}: {e}"))
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect();
+        files.sort();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+                let value: Value = match serde::Deserialize::deserialize(doc) {
+                    Ok(v) => v,
+                    Err(e) => panic!("{}: {e}", file.display()),
+                };
+                if !value.is_null() {
+                    found.push((format!("{}#{}", file.display(), i + 1), value));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Upstream's manifests leave out what upstream's webhooks default (a
+/// container's name, a probe's port, an all-optional spec): with no
+/// webhook here, the CRDs must accept them as the API server checks them.
+#[test]
+fn upstream_style_manifests_pass_the_crd_schemas() {
+    let crds = all();
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    let extra = [
+        // Upstream's hello world, with no container name and a probe
+        // without a port.
+        json!({"apiVersion": "serving.knative.dev/v1", "kind": "Service",
+               "metadata": {"name": "hello"},
+               "spec": {"template": {"spec": {"containers": [{
+                   "image": "ghcr.io/knative/helloworld-go:latest",
+                   "env": [{"name": "TARGET", "value": "World"}],
+                   "readinessProbe": {"httpGet": {"path": "/healthz"}},
+                   "livenessProbe": {"tcpSocket": {}}}]}}}}),
+        // A Broker and an InMemoryChannel with no spec at all.
+        json!({"apiVersion": "eventing.knative.dev/v1", "kind": "Broker",
+               "metadata": {"name": "default"}}),
+        json!({"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel",
+               "metadata": {"name": "orders"}}),
+    ];
+    let manifests = manifests()
+        .into_iter()
+        .chain(extra.into_iter().map(|v| ("inline".to_owned(), v)));
+    for (source, manifest) in manifests {
+        let (group, kind) = (
+            manifest["apiVersion"]
+                .as_str()
+                .and_then(|v| v.split_once('/'))
+                .map(|(g, _)| g.to_owned())
+                .unwrap_or_default(),
+            manifest["kind"].as_str().unwrap_or_default().to_owned(),
+        );
+        let Some(crd) = crds
+            .iter()
+            .find(|c| c.spec.group == group && c.spec.names.kind == kind)
+        else {
+            continue;
+        };
+        let schema = crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .map(|s| serde_json::to_value(s).unwrap_or_default())
+            .unwrap_or_default();
+        let mut found = Vec::new();
+        schema_problems(&schema, &manifest, "", &mut found);
+        problems.extend(found.into_iter().map(|p| format!("{source} ({kind}): {p}")));
+        checked += 1;
+    }
+    assert!(checked >= 25, "only {checked} manifests checked");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

@@ -685,3 +685,54 @@ async fn a_view_in_one_namespace_lists_there_and_sees_nothing_elsewhere() {
     assert!(matches!(err, StoreError::Invalid { .. }), "{err:?}");
     server.expect_no_request().await;
 }
+
+/// A Broker written without `spec` (upstream's manifests often do: its
+/// spec is all optional and the webhook defaults it) reads as an empty
+/// spec; an object that cannot be read as the kind is left out of a list
+/// rather than failing it.
+#[tokio::test]
+async fn objects_without_spec_read_and_unreadable_ones_are_skipped() {
+    use knative_eventing::api::Broker;
+    const BROKERS: &str = "/apis/eventing.knative.dev/v1/namespaces/default/brokers";
+    let bare = json!({
+        "apiVersion": "eventing.knative.dev/v1", "kind": "Broker",
+        "metadata": {"name": "default", "namespace": "default", "resourceVersion": "3"},
+    });
+    let (client, mut server) = mock();
+    let objects = KubeObjects::<Broker>::new(client);
+    let got = scenario(
+        server.handle(
+            Expect::new(Method::GET, &format!("{BROKERS}/default")),
+            200,
+            bare.clone(),
+        ),
+        objects.get(Some("default"), "default"),
+    )
+    .await
+    .expect("a Broker without spec reads");
+    assert_eq!(got.metadata.name.as_deref(), Some("default"));
+    assert_eq!(got.spec, Default::default());
+
+    let (client, mut server) = mock();
+    let objects = KubeObjects::<Broker>::new(client);
+    let list = json!({
+        "apiVersion": "eventing.knative.dev/v1", "kind": "BrokerList",
+        "metadata": {"resourceVersion": "9"},
+        "items": [
+            bare,
+            {"metadata": {"name": "broken", "namespace": "default"},
+             "spec": {"delivery": {"retry": "not a number"}}},
+        ],
+    });
+    let listed = scenario(
+        server.handle(Expect::new(Method::GET, BROKERS), 200, list),
+        objects.list(Some("default"), &Selector::default()),
+    )
+    .await
+    .expect("the list");
+    let names: Vec<_> = listed
+        .iter()
+        .filter_map(|b| b.metadata.name.as_deref())
+        .collect();
+    assert_eq!(names, ["default"]);
+}

@@ -66,9 +66,22 @@ fn steps_are_init_containers_in_order_then_the_results_container() -> Result<(),
         "a wrapped step writes its own: {program}"
     );
     assert!(program.contains("> /tekton/scripts/step-a"), "{program}");
+    assert!(
+        program.contains("base64 -d > /tekton/scripts/step-a"),
+        "{program}"
+    );
+    // The script travels base64-encoded: the kubelet would expand `$(…)`
+    // and `$$` in a plain env value.
     let script = prepare.env.iter().flatten().find(|e| e.name == "SCRIPT_0");
+    let decoded = script
+        .and_then(|e| e.value.as_deref())
+        .and_then(|v| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.decode(v).ok()
+        })
+        .map(|b| String::from_utf8_lossy(&b).into_owned());
     assert_eq!(
-        script.and_then(|e| e.value.as_deref()),
+        decoded.as_deref(),
         Some("#!/bin/sh\nset -e\nprintf sha256:abc > /tekton/results/digest")
     );
 
