@@ -207,6 +207,7 @@ struct Inner {
     channel_ingress: SocketAddr,
     executor: Arc<LocalExecutor>,
     build: BuildObjects,
+    container_sources: Arc<dyn Objects<knative_eventing::api::ContainerSource>>,
     domain: String,
     events: Arc<Mutex<VecDeque<SeenEvent>>>,
     stop: watch::Sender<bool>,
@@ -356,7 +357,7 @@ impl ServiceBindingTarget {
                 return Ok(());
             }
         }
-        Ok(())
+        Err("the subject kept changing under the binding (5 conflicts in a row)".to_owned())
     }
 }
 
@@ -458,6 +459,9 @@ impl knative_eventing::reconciler::ContainerRunner for LocalContainerRunner {
             container_port: 8080,
             labels,
             termination_grace_period: Duration::from_secs(10),
+            container_concurrency: 0,
+            response_start_timeout: None,
+            idle_timeout: None,
             owner: None,
         };
         self.backend
@@ -851,6 +855,7 @@ impl Platform {
                 channel_ingress,
                 executor,
                 build: build_objects,
+                container_sources: Arc::clone(&eventing.container_sources),
                 domain: config.domain,
                 events,
                 stop,
@@ -1121,7 +1126,8 @@ impl Platform {
             .unwrap_or(0)
     }
 
-    /// Stops the controllers and data planes, then every replica.
+    /// Stops the controllers and data planes, then every replica and
+    /// ContainerSource process.
     pub async fn shutdown(self) {
         let _ = self.inner.stop.send(true);
         let tasks = std::mem::take(
@@ -1146,6 +1152,19 @@ impl Platform {
             let key = WorkloadKey::new(
                 revision.metadata.namespace.as_deref().unwrap_or_default(),
                 revision.metadata.name.as_deref().unwrap_or_default(),
+            );
+            let _ = self.inner.backend.remove(&key).await;
+        }
+        let sources = self
+            .inner
+            .container_sources
+            .list(None, &Selector::default())
+            .await
+            .unwrap_or_default();
+        for source in sources {
+            let key = WorkloadKey::new(
+                source.metadata.namespace.as_deref().unwrap_or_default(),
+                container_source_workload(source.metadata.name.as_deref().unwrap_or_default()),
             );
             let _ = self.inner.backend.remove(&key).await;
         }

@@ -315,3 +315,93 @@ spec:
     );
     platform.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_binding_and_a_container_source_get_their_sink() {
+    let platform = platform().await;
+    platform
+        .apply(
+            r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {name: default, namespace: default}
+---
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata: {name: producer, namespace: default}
+spec:
+  template:
+    spec:
+      containers: [{image: knative.dev/sample-app}]
+---
+apiVersion: sources.knative.dev/v1
+kind: SinkBinding
+metadata: {name: bind-producer, namespace: default}
+spec:
+  subject: {apiVersion: serving.knative.dev/v1, kind: Service, name: producer}
+  sink:
+    ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}
+---
+apiVersion: sources.knative.dev/v1
+kind: ContainerSource
+metadata: {name: heartbeats, namespace: default}
+spec:
+  template:
+    spec:
+      containers:
+        - name: beat
+          image: example.com/heartbeats
+          command: ["/bin/sh", "-c", "echo sink=$K_SINK; sleep 60"]
+  sink:
+    ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}
+"#,
+        )
+        .await
+        .expect("applies");
+    for (kind, name) in [
+        ("broker", "default"),
+        ("sinkbinding", "bind-producer"),
+        ("containersource", "heartbeats"),
+    ] {
+        platform
+            .wait_ready(kind, "default", name, READY)
+            .await
+            .unwrap_or_else(|e| panic!("{kind} {name}: {e}"));
+    }
+    let sink = format!("http://{}/default/default", platform.broker_ingress());
+    // The binding put K_SINK on the Service's template (its next revision
+    // runs with it).
+    let start = Instant::now();
+    loop {
+        let svc = platform
+            .get("ksvc", "default", "producer")
+            .await
+            .expect("service");
+        let env = &svc["spec"]["template"]["spec"]["containers"][0]["env"];
+        if env.as_array().is_some_and(|e| {
+            e.iter()
+                .any(|v| v["name"] == "K_SINK" && v["value"] == sink.as_str())
+        }) {
+            break;
+        }
+        assert!(start.elapsed() < READY, "no K_SINK on the service: {svc:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The source's process runs with K_SINK set.
+    let start = Instant::now();
+    loop {
+        let logs = platform
+            .logs("default", "heartbeats")
+            .await
+            .unwrap_or_default();
+        if logs.iter().any(|l| l.line == format!("sink={sink}")) {
+            break;
+        }
+        assert!(
+            start.elapsed() < READY,
+            "the source never printed its sink: {logs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    platform.shutdown().await;
+}
