@@ -24,4 +24,4 @@ mod fixtures;
 
 pub use pod_executor::{PodExecutorConfig, PodStepExecutor};
 pub use route_services::{RouteServices, RouteServicesConfig};
-pub use workload::{KubeWorkloadBackend, KubeWorkloadConfig};
+pub use workload::{KubeWorkloadBackend, KubeWorkloadConfig, QueueProxySidecar};

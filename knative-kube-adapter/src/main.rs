@@ -15,7 +15,13 @@
 //! - the Serving controllers (`knative_serving::reconciler::Serving`) with
 //!   revisions as Deployments + Services ([`KubeWorkloadBackend`]), and the
 //!   ingress + activator data plane on `--ingress-addr` (activator always in
-//!   the path: replicas are reached directly, no queue-proxy sidecar);
+//!   the path: replicas are reached directly, so no sidecar image is
+//!   needed). `--queue-proxy-image` adds upstream's `queue-proxy` sidecar
+//!   (`knative queue-proxy`, the operator's image has it; the command is
+//!   `--queue-proxy-command`) to every revision pod: the revision's Service
+//!   and ready endpoints then point at its port 8012, where it enforces
+//!   `containerConcurrency` and the timeouts per pod and runs the app's
+//!   readiness probe;
 //! - a controller giving every Route its Kubernetes Services
 //!   ([`RouteServices`]: `<route>` and `<tag>-<route>`, ExternalName
 //!   Services pointing at `--ingress-service-host`), so that
@@ -82,8 +88,8 @@ use knative_eventing::reconciler::{
 };
 use knative_kube_adapter::backend::route_services::RouteServicesError;
 use knative_kube_adapter::backend::{
-    KubeWorkloadBackend, KubeWorkloadConfig, PodExecutorConfig, PodStepExecutor, RouteServices,
-    RouteServicesConfig,
+    KubeWorkloadBackend, KubeWorkloadConfig, PodExecutorConfig, PodStepExecutor, QueueProxySidecar,
+    RouteServices, RouteServicesConfig,
 };
 use knative_kube_adapter::crds;
 use knative_kube_adapter::eventing::{KubeBindingTarget, KubeContainerRunner};
@@ -114,6 +120,8 @@ const FIELD_MANAGER: &str = "knative-operator";
 /// TaskRuns and PipelineRuns. Events live in the leader's memory unless
 /// `--event-log` names a NATS server, which keeps them across restarts and
 /// failovers. ApiServerSources watch with the operator's own permissions.
+/// Requests reach revisions through the operator's ingress and activator;
+/// `--queue-proxy-image` adds a queue-proxy sidecar to every revision pod.
 #[derive(Debug, Parser)]
 #[command(
     name = "knative-operator",
@@ -171,6 +179,20 @@ struct DeployArgs {
     /// failovers between replicas (default: in the leader's memory).
     #[arg(long, value_parser = parse_event_log)]
     event_log: Option<EventLogChoice>,
+    /// The operator's --queue-proxy-image: a queue-proxy sidecar from this
+    /// image in every revision pod (the operator's image works: it has the
+    /// `knative` binary).
+    #[arg(long, value_name = "IMAGE")]
+    queue_proxy_image: Option<String>,
+    /// The operator's --queue-proxy-command, comma-separated or repeated
+    /// (default: /usr/local/bin/knative,queue-proxy).
+    #[arg(
+        long,
+        value_name = "ARG",
+        value_delimiter = ',',
+        requires = "queue_proxy_image"
+    )]
+    queue_proxy_command: Vec<String>,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -245,6 +267,23 @@ struct RunArgs {
     /// Do not run the TaskRun and PipelineRun controllers.
     #[arg(long)]
     no_builds: bool,
+    /// Add a queue-proxy sidecar from this image to every revision pod
+    /// (container `queue-proxy`, port 8012, running `knative queue-proxy`
+    /// with upstream's environment variables); the revisions' Services and
+    /// ready endpoints then point at it. The operator's own image has the
+    /// `knative` binary. The activator stays in the request path either
+    /// way; without this flag no sidecar runs.
+    #[arg(long, value_name = "IMAGE")]
+    queue_proxy_image: Option<String>,
+    /// The queue-proxy sidecar's command, comma-separated or repeated
+    /// (default: /usr/local/bin/knative,queue-proxy).
+    #[arg(
+        long,
+        value_name = "ARG",
+        value_delimiter = ',',
+        requires = "queue_proxy_image"
+    )]
+    queue_proxy_command: Vec<String>,
 }
 
 /// Where Brokers and Channels keep events (`--event-log`).
@@ -351,6 +390,8 @@ fn print_manifests(command: Command) -> ExitCode {
                     .event_log
                     .filter(|log| *log != EventLogChoice::Memory)
                     .map(|log| log.to_string()),
+                queue_proxy_image: args.queue_proxy_image,
+                queue_proxy_command: args.queue_proxy_command,
             });
             to_values([
                 serde_json::to_value(namespace),
@@ -515,11 +556,16 @@ struct KubernetesBackends {
     steps: Arc<dyn StepExecutor>,
 }
 
-fn kubernetes_backends(client: &Client, namespace: Option<&str>) -> KubernetesBackends {
+fn kubernetes_backends(
+    client: &Client,
+    namespace: Option<&str>,
+    queue_proxy: Option<QueueProxySidecar>,
+) -> KubernetesBackends {
     let workload = KubeWorkloadBackend::new(
         client.clone(),
         KubeWorkloadConfig {
             namespace: namespace.map(str::to_owned),
+            queue_proxy,
             ..KubeWorkloadConfig::default()
         },
     );
@@ -532,6 +578,13 @@ fn kubernetes_backends(client: &Client, namespace: Option<&str>) -> KubernetesBa
             PodExecutorConfig::default(),
         )),
     }
+}
+
+/// The queue-proxy sidecar `--queue-proxy-image` and `--queue-proxy-command`
+/// ask for, if any.
+fn queue_proxy_sidecar(args: &RunArgs) -> Option<QueueProxySidecar> {
+    let image = args.queue_proxy_image.clone()?;
+    Some(QueueProxySidecar::new(image).with_command(args.queue_proxy_command.clone()))
 }
 
 /// Serving's settings from upstream's ConfigMaps in `namespace`
@@ -686,7 +739,15 @@ async fn operate(
     let (halt, halted) = watch::channel(false);
     let until = || stopped(halted.clone());
 
-    let backends = kubernetes_backends(&client, ns);
+    let queue_proxy = queue_proxy_sidecar(&args);
+    if let Some(sidecar) = &queue_proxy {
+        tracing::info!(
+            image = %sidecar.image,
+            command = ?sidecar.command,
+            "revision pods get a queue-proxy sidecar"
+        );
+    }
+    let backends = kubernetes_backends(&client, ns, queue_proxy);
 
     // Serving.
     let serving_objects = ServingObjects {
@@ -976,6 +1037,89 @@ mod tests {
                 );
             }
         }
+        // The queue-proxy flags, on `run` (and at the top level) and on
+        // `deploy`, which passes them on.
+        let deploy = command
+            .find_subcommand("deploy")
+            .expect("a deploy subcommand");
+        for (name, command) in [("run", &command), ("deploy", deploy)] {
+            let help = command.clone().render_long_help().to_string();
+            for flag in ["--queue-proxy-image <IMAGE>", "--queue-proxy-command <ARG>"] {
+                assert!(help.contains(flag), "{name}: {flag} in --help");
+            }
+            assert!(
+                help.contains("/usr/local/bin/knative,queue-proxy"),
+                "{name}: the default command in --help"
+            );
+        }
+        let top = command.clone().render_long_help().to_string();
+        assert!(top.contains("queue-proxy sidecar"), "{top}");
+        assert!(top.contains("port 8012"), "{top}");
+    }
+
+    #[test]
+    fn the_queue_proxy_flags_make_the_sidecar() {
+        let sidecar = |argv: &[&str]| {
+            let cli = Cli::try_parse_from(argv).expect("valid flags");
+            queue_proxy_sidecar(&cli.run)
+        };
+        assert_eq!(
+            sidecar(&["knative-operator"]),
+            None,
+            "no sidecar by default"
+        );
+        assert_eq!(
+            sidecar(&["knative-operator", "--queue-proxy-image", "op:dev"]),
+            Some(QueueProxySidecar::new("op:dev"))
+        );
+        assert_eq!(
+            sidecar(&["knative-operator", "--queue-proxy-image", "op:dev"]).map(|s| s.command),
+            Some(vec![
+                "/usr/local/bin/knative".to_owned(),
+                "queue-proxy".to_owned()
+            ])
+        );
+        let want = Some(QueueProxySidecar {
+            image: "qp:1".into(),
+            command: vec!["/qp".into(), "serve".into()],
+        });
+        assert_eq!(
+            sidecar(&[
+                "knative-operator",
+                "--queue-proxy-image=qp:1",
+                "--queue-proxy-command=/qp,serve"
+            ]),
+            want
+        );
+        assert_eq!(
+            sidecar(&[
+                "knative-operator",
+                "--queue-proxy-image=qp:1",
+                "--queue-proxy-command",
+                "/qp",
+                "--queue-proxy-command",
+                "serve"
+            ]),
+            want
+        );
+        assert!(
+            Cli::try_parse_from(["knative-operator", "--queue-proxy-command", "/qp"]).is_err(),
+            "a command needs an image"
+        );
+        let cli = Cli::try_parse_from([
+            "knative-operator",
+            "deploy",
+            "--queue-proxy-image",
+            "op:dev",
+            "--queue-proxy-command",
+            "/qp,serve",
+        ])
+        .expect("deploy with a sidecar");
+        let Some(Command::Deploy(args)) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(args.queue_proxy_image.as_deref(), Some("op:dev"));
+        assert_eq!(args.queue_proxy_command, ["/qp", "serve"]);
     }
 
     #[test]

@@ -222,6 +222,12 @@ pub struct DeployOptions {
     /// The operator's `--event-log` (`None`: in memory). With several
     /// replicas, a NATS URL keeps the events across failovers.
     pub event_log: Option<String>,
+    /// The operator's `--queue-proxy-image` (`None`: no sidecar in revision
+    /// pods).
+    pub queue_proxy_image: Option<String>,
+    /// The operator's `--queue-proxy-command` (empty: the default command).
+    /// Passed comma-separated, so no argument may contain a comma.
+    pub queue_proxy_command: Vec<String>,
 }
 
 /// The ports the operator listens on.
@@ -303,6 +309,15 @@ pub fn deploy(options: &DeployOptions) -> (Namespace, Deployment, Service) {
     }
     if options.install_crds {
         args.push("--install-crds".into());
+    }
+    if let Some(image) = &options.queue_proxy_image {
+        args.push(format!("--queue-proxy-image={image}"));
+        if !options.queue_proxy_command.is_empty() {
+            args.push(format!(
+                "--queue-proxy-command={}",
+                options.queue_proxy_command.join(",")
+            ));
+        }
     }
     let selector: BTreeMap<String, String> =
         [("app.kubernetes.io/name".to_owned(), NAME.to_owned())].into();
@@ -543,6 +558,8 @@ mod tests {
             replicas: 2,
             install_crds: false,
             event_log: Some("nats://nats.nats.svc:4222".into()),
+            queue_proxy_image: None,
+            queue_proxy_command: Vec::new(),
         });
         let spec = deployment.spec.clone();
         let pod = spec.template.spec.expect("a pod spec");
@@ -576,5 +593,43 @@ mod tests {
             spec.selector.match_labels
         );
         assert!(to_yaml(&[serde_json::to_value(&ns).expect("JSON")]).is_ok());
+        assert!(
+            !args.iter().any(|a| a.starts_with("--queue-proxy")),
+            "no sidecar unless asked: {args:?}"
+        );
+    }
+
+    #[test]
+    fn deploy_passes_the_queue_proxy_sidecar_on() {
+        let args = |image: Option<&str>, command: &[&str]| {
+            let (_, deployment, _) = deploy(&DeployOptions {
+                namespace: "knative-serving".into(),
+                image: "example.com/knative-operator:dev".into(),
+                replicas: 1,
+                install_crds: false,
+                event_log: None,
+                queue_proxy_image: image.map(str::to_owned),
+                queue_proxy_command: strings(command),
+            });
+            let pod = deployment.spec.template.spec.expect("a pod spec");
+            pod.containers[0].args.clone().unwrap_or_default()
+        };
+        let image = "example.com/knative-operator:dev";
+        let with_image = args(Some(image), &[]);
+        assert!(
+            with_image.contains(&format!("--queue-proxy-image={image}")),
+            "{with_image:?}"
+        );
+        assert!(
+            !with_image
+                .iter()
+                .any(|a| a.starts_with("--queue-proxy-command")),
+            "the default command is the operator's default: {with_image:?}"
+        );
+        let with_command = args(Some(image), &["/bin/qp", "serve"]);
+        assert!(
+            with_command.contains(&"--queue-proxy-command=/bin/qp,serve".to_owned()),
+            "{with_command:?}"
+        );
     }
 }

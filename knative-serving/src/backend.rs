@@ -65,6 +65,17 @@ pub struct WorkloadSpec {
     /// How long a replica gets between SIGTERM and SIGKILL
     /// (`timeoutSeconds` in Knative).
     pub termination_grace_period: Duration,
+    /// The revision's `containerConcurrency`: the most requests one replica
+    /// handles at once (0 = no limit). Backends that run a queue-proxy
+    /// next to each replica hand it on (`CONTAINER_CONCURRENCY`).
+    pub container_concurrency: u32,
+    /// The revision's `responseStartTimeoutSeconds`: how long a response
+    /// may take to start (`None` = only the request timeout,
+    /// [`WorkloadSpec::termination_grace_period`], applies).
+    pub response_start_timeout: Option<Duration>,
+    /// The revision's `idleTimeoutSeconds`: the longest a response may go
+    /// without writing (`None` = no limit).
+    pub idle_timeout: Option<Duration>,
     /// The Revision as the controlling owner of what the backend creates
     /// (Kubernetes backends put it in their objects' `ownerReferences`, so
     /// deleting the Revision deletes them); `None` when the revision has no
@@ -180,6 +191,9 @@ mod tests {
             container_port: 8080,
             labels: BTreeMap::new(),
             termination_grace_period: Duration::from_secs(30),
+            container_concurrency: 0,
+            response_start_timeout: None,
+            idle_timeout: None,
             owner: None,
         };
         let (status_tx, status_rx) = watch::channel(WorkloadStatus::default());

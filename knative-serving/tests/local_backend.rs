@@ -56,6 +56,9 @@ fn spec(revision: &str, container: Container, grace: Duration) -> WorkloadSpec {
             ("serving.knative.dev/revision".into(), revision.into()),
         ]),
         termination_grace_period: grace,
+        container_concurrency: 0,
+        response_start_timeout: None,
+        idle_timeout: None,
         owner: None,
     }
 }

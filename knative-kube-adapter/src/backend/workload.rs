@@ -31,10 +31,50 @@
 //! `serving.knative.dev/revisionUID` (by `serving.knative.dev/revision`
 //! when the spec has no uid), as upstream's Deployment selector does.
 //!
-//! The activator and ingress run in the operator's own process, so there
-//! is no queue-proxy sidecar and no private Service: the data plane sends
+//! The activator and ingress run in the operator's own process and the
+//! activator is always in the request path, so by default there is no
+//! queue-proxy sidecar and no private Service: the data plane sends
 //! requests straight to pod IPs ([`Endpoint::address`] is
 //! `<pod IP>:<container port>`).
+//!
+//! # With a queue-proxy sidecar
+//!
+//! When [`KubeWorkloadConfig::queue_proxy`] is set (the operator's
+//! `--queue-proxy-image`), every pod also runs upstream's `queue-proxy`
+//! container: the project's `knative queue-proxy`
+//! ([`DEFAULT_QUEUE_PROXY_COMMAND`]; the operator's image has it), which
+//! counts, limits (`containerConcurrency`) and times out each request
+//! before passing it to the serving container over the pod's loopback.
+//!
+//! - Ports as upstream's: `queue-port` [`QUEUE_SERVING_PORT`] (8012),
+//!   `http-queueadm` 8022, `http-autometric` 9090, `http-usermetric` 9091.
+//!   The serving container may not use these ports (nor 8013) and no
+//!   container may be named `queue-proxy` ([`BackendError::Unsupported`]).
+//! - Environment, from the [`WorkloadSpec`]: `SERVING_NAMESPACE`,
+//!   `SERVING_SERVICE`, `SERVING_CONFIGURATION`, `SERVING_REVISION`,
+//!   `QUEUE_SERVING_PORT`, `QUEUE_ADMIN_PORT`, `QUEUE_METRICS_PORT`,
+//!   `QUEUE_DRAIN_SECONDS` (30, at most the grace period),
+//!   `CONTAINER_CONCURRENCY`, `REVISION_TIMEOUT_SECONDS` (the grace
+//!   period), `REVISION_RESPONSE_START_TIMEOUT_SECONDS` and
+//!   `REVISION_IDLE_TIMEOUT_SECONDS` (0 = off), `USER_PORT`,
+//!   `SERVING_READINESS_PROBE`, `SERVING_POD` and `SERVING_POD_IP`.
+//! - Readiness moves to the sidecar as upstream does: the serving
+//!   container's HTTP or TCP readiness probe (the one described above)
+//!   becomes `SERVING_READINESS_PROBE` (JSON, on 127.0.0.1, HTTP probes
+//!   with `K-Kubelet-Probe: queue`) and leaves the serving container; an
+//!   exec, gRPC or HTTPS probe stays with the kubelet on the serving
+//!   container and the queue-proxy checks TCP. The sidecar's own
+//!   readinessProbe, with the serving container's timing, is
+//!   `GET :8012` with `K-Network-Probe: queue`, which the queue-proxy
+//!   answers 200 only while the app passes its probe.
+//! - The serving container gets upstream's `preStop` hook,
+//!   `GET :8022/wait-for-drain`, unless it has its own; the sidecar gets
+//!   upstream's locked-down security context (non-root, read-only root
+//!   filesystem, no capabilities) and a 25m CPU request.
+//! - The Service's port 80 is named `http` and targets 8012, so the
+//!   EndpointSlices, and the ready endpoints read from them, are the
+//!   queue-proxies' (`<pod IP>:8012`). The queue-proxy speaks HTTP/1, so
+//!   an `h2c` port name no longer makes the Service `http2`.
 //!
 //! # Writes
 //!
@@ -89,10 +129,13 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, PodSpec, PodTemplateSpec, Probe, Service, ServicePort,
-    ServiceSpec, TCPSocketAction,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, HTTPHeader,
+    Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec,
+    TCPSocketAction,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use knative_core::apis::names::child_name;
@@ -102,6 +145,7 @@ use knative_serving::backend::{
     BackendError, Endpoint, WorkloadBackend, WorkloadFailure, WorkloadKey, WorkloadSpec,
     WorkloadStatus,
 };
+use knative_serving::dataplane::headers;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -130,6 +174,84 @@ const IMAGE_WAITING_REASONS: &[&str] = &[
     "CreateContainerError",
 ];
 
+/// The queue-proxy sidecar's container name (upstream's).
+pub const QUEUE_PROXY_CONTAINER_NAME: &str = "queue-proxy";
+/// The command that runs the project's queue-proxy: the `queue-proxy`
+/// subcommand of the `knative` binary, where the project's image
+/// installs it.
+pub const DEFAULT_QUEUE_PROXY_COMMAND: [&str; 2] = ["/usr/local/bin/knative", "queue-proxy"];
+/// The queue-proxy's serving port (upstream's `BackendHTTPPort`): where
+/// the revision's Service sends requests when there is a sidecar.
+pub const QUEUE_SERVING_PORT: u16 = 8012;
+/// The queue-proxy's admin port (`/drain`, `/wait-for-drain`).
+pub const QUEUE_ADMIN_PORT: u16 = 8022;
+/// The queue-proxy's autoscaler metrics port.
+pub const QUEUE_METRICS_PORT: u16 = 9090;
+/// The queue-proxy's user-facing Prometheus metrics port.
+pub const QUEUE_USER_METRICS_PORT: u16 = 9091;
+/// How long the queue-proxy keeps serving after SIGTERM (upstream's
+/// `drainSleepDuration`), at most the pod's termination grace period.
+const QUEUE_DRAIN: Duration = Duration::from_secs(30);
+/// The sidecar's container ports: upstream's names and numbers.
+const QUEUE_PORTS: [(&str, u16); 4] = [
+    ("queue-port", QUEUE_SERVING_PORT),
+    ("http-queueadm", QUEUE_ADMIN_PORT),
+    ("http-autometric", QUEUE_METRICS_PORT),
+    ("http-usermetric", QUEUE_USER_METRICS_PORT),
+];
+/// Ports the serving container may not use next to a queue-proxy
+/// (upstream's webhook reserves them; 8013 is its h2c port).
+const RESERVED_PORTS: [u16; 5] = [
+    QUEUE_SERVING_PORT,
+    8013,
+    QUEUE_ADMIN_PORT,
+    QUEUE_METRICS_PORT,
+    QUEUE_USER_METRICS_PORT,
+];
+/// The header a Knative probe carries (upstream's spelling).
+const PROBE_HEADER: &str = "K-Network-Probe";
+/// The header the queue-proxy adds to its probes of the app.
+const KUBELET_PROBE_HEADER: &str = "K-Kubelet-Probe";
+/// Where the queue-proxy reaches the app: the pod's loopback.
+const LOCAL_ADDRESS: &str = "127.0.0.1";
+/// The sidecar's CPU request (upstream's `queue-sidecar-cpu-request`
+/// default in `config-deployment`).
+const QUEUE_PROXY_CPU_REQUEST: &str = "25m";
+
+/// A queue-proxy sidecar run next to every revision's serving container
+/// (see the [module docs](self), "With a queue-proxy sidecar").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueProxySidecar {
+    /// The sidecar's image: one with the `knative` binary, such as the
+    /// operator's own image.
+    pub image: String,
+    /// The sidecar's `command` ([`DEFAULT_QUEUE_PROXY_COMMAND`]); it is
+    /// configured through upstream's environment variables.
+    pub command: Vec<String>,
+}
+
+impl QueueProxySidecar {
+    /// The sidecar from `image`, run with [`DEFAULT_QUEUE_PROXY_COMMAND`].
+    pub fn new(image: impl Into<String>) -> Self {
+        QueueProxySidecar {
+            image: image.into(),
+            command: DEFAULT_QUEUE_PROXY_COMMAND
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        }
+    }
+
+    /// The same sidecar run with `command` instead (an empty one keeps
+    /// [`DEFAULT_QUEUE_PROXY_COMMAND`]).
+    pub fn with_command(mut self, command: Vec<String>) -> Self {
+        if !command.is_empty() {
+            self.command = command;
+        }
+        self
+    }
+}
+
 /// Settings of a [`KubeWorkloadBackend`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KubeWorkloadConfig {
@@ -141,6 +263,10 @@ pub struct KubeWorkloadConfig {
     /// The Deployments' `progressDeadlineSeconds`
     /// ([`DEFAULT_PROGRESS_DEADLINE`]).
     pub progress_deadline: Duration,
+    /// A queue-proxy sidecar in every revision pod, in front of the
+    /// serving container; `None` (the default) runs none, and the data
+    /// plane reaches the serving container directly.
+    pub queue_proxy: Option<QueueProxySidecar>,
 }
 
 impl Default for KubeWorkloadConfig {
@@ -149,6 +275,7 @@ impl Default for KubeWorkloadConfig {
             field_manager: DEFAULT_FIELD_MANAGER.to_owned(),
             namespace: None,
             progress_deadline: DEFAULT_PROGRESS_DEADLINE,
+            queue_proxy: None,
         }
     }
 }
@@ -265,6 +392,256 @@ fn serving_container(spec: &WorkloadSpec, container: &Container) -> Container {
     c
 }
 
+/// Whether the queue-proxy can run `probe` itself: HTTP (not HTTPS) and
+/// TCP probes; exec, gRPC and HTTPS probes stay with the kubelet.
+fn queue_proxy_runs(probe: &Probe) -> bool {
+    match &probe.http_get {
+        Some(http) => !http
+            .scheme
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case("https")),
+        None => probe.tcp_socket.is_some() && probe.exec.is_none() && probe.grpc.is_none(),
+    }
+}
+
+/// The probe the queue-proxy runs against the app (`SERVING_READINESS_PROBE`),
+/// from the serving container's kubelet-ready `probe`, as upstream's
+/// `applyReadinessProbeDefaultsForExec`: on 127.0.0.1, at the probe's own
+/// port or the container port, HTTP probes with `K-Kubelet-Probe: queue`;
+/// a probe the queue-proxy cannot run becomes a TCP probe of the container
+/// port. `period` is the container's own `periodSeconds` (0 or none: the
+/// queue-proxy probes as fast as it likes).
+fn app_probe(probe: &Probe, period: Option<i32>, port: u16) -> Probe {
+    let port_or = |p: &IntOrString| match p {
+        IntOrString::Int(n) if *n != 0 => IntOrString::Int(*n),
+        _ => IntOrString::Int(i32::from(port)),
+    };
+    let mut app = probe.clone();
+    app.period_seconds = period;
+    app.termination_grace_period_seconds = None;
+    if !queue_proxy_runs(probe) {
+        app.exec = None;
+        app.grpc = None;
+        app.http_get = None;
+        app.tcp_socket = Some(TCPSocketAction {
+            host: Some(LOCAL_ADDRESS.to_owned()),
+            port: IntOrString::Int(i32::from(port)),
+        });
+    } else if let Some(http) = app.http_get.as_mut() {
+        http.host = Some(LOCAL_ADDRESS.to_owned());
+        http.port = port_or(&http.port);
+        http.scheme.get_or_insert_with(|| "HTTP".to_owned());
+        http.http_headers
+            .get_or_insert_with(Vec::new)
+            .push(HTTPHeader {
+                name: KUBELET_PROBE_HEADER.to_owned(),
+                value: headers::PROBE_QUEUE.to_owned(),
+            });
+    } else if let Some(tcp) = app.tcp_socket.as_mut() {
+        tcp.host = Some(LOCAL_ADDRESS.to_owned());
+        tcp.port = port_or(&tcp.port);
+    }
+    if app.period_seconds.is_some_and(|p| p > 0) && app.timeout_seconds.is_none_or(|t| t < 1) {
+        app.timeout_seconds = Some(1);
+    }
+    app
+}
+
+/// The sidecar's own readiness probe: the serving container's timing with
+/// a Knative probe of the queue-proxy (`GET :8012` with
+/// `K-Network-Probe: queue`), which answers 200 only while the app passes
+/// its probe.
+fn queue_proxy_probe(probe: &Probe) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            port: IntOrString::Int(i32::from(QUEUE_SERVING_PORT)),
+            http_headers: Some(vec![HTTPHeader {
+                name: PROBE_HEADER.to_owned(),
+                value: headers::PROBE_QUEUE.to_owned(),
+            }]),
+            ..HTTPGetAction::default()
+        }),
+        exec: None,
+        grpc: None,
+        tcp_socket: None,
+        termination_grace_period_seconds: None,
+        ..probe.clone()
+    }
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.to_owned(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+/// Whole seconds for a queue-proxy variable; `None` is 0 (off).
+fn env_seconds(duration: Option<Duration>) -> String {
+    duration.map_or(0, |d| d.as_secs().max(1)).to_string()
+}
+
+/// The queue-proxy's environment: upstream's variables, filled from the
+/// revision (`knative queue-proxy` reads them).
+fn queue_proxy_env(spec: &WorkloadSpec, readiness_json: String) -> Vec<EnvVar> {
+    let label = |key: &str| spec.labels.get(key).cloned().unwrap_or_default();
+    let grace = spec.termination_grace_period;
+    vec![
+        env("SERVING_NAMESPACE", spec.key.namespace.clone()),
+        env("SERVING_SERVICE", label(keys::SERVICE)),
+        env("SERVING_CONFIGURATION", label(keys::CONFIGURATION)),
+        env("SERVING_REVISION", spec.key.revision.clone()),
+        env("QUEUE_SERVING_PORT", QUEUE_SERVING_PORT.to_string()),
+        env("QUEUE_ADMIN_PORT", QUEUE_ADMIN_PORT.to_string()),
+        env("QUEUE_METRICS_PORT", QUEUE_METRICS_PORT.to_string()),
+        env(
+            "QUEUE_DRAIN_SECONDS",
+            QUEUE_DRAIN.min(grace).as_secs().to_string(),
+        ),
+        env(
+            "CONTAINER_CONCURRENCY",
+            spec.container_concurrency.to_string(),
+        ),
+        env("REVISION_TIMEOUT_SECONDS", grace.as_secs().to_string()),
+        env(
+            "REVISION_RESPONSE_START_TIMEOUT_SECONDS",
+            env_seconds(spec.response_start_timeout),
+        ),
+        env(
+            "REVISION_IDLE_TIMEOUT_SECONDS",
+            env_seconds(spec.idle_timeout),
+        ),
+        env("USER_PORT", spec.container_port.to_string()),
+        env("SERVING_READINESS_PROBE", readiness_json),
+        field_env("SERVING_POD", "metadata.name"),
+        field_env("SERVING_POD_IP", "status.podIP"),
+    ]
+}
+
+/// Upstream's locked-down security context of the sidecar.
+fn queue_proxy_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            ..Capabilities::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            ..SeccompProfile::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// Puts the queue-proxy in front of the serving container (already in
+/// `containers`, built from `serving`): moves the readiness probe it can
+/// run into `SERVING_READINESS_PROBE`, gives the serving container a
+/// `preStop` hook that waits for the drain (unless it has one), and
+/// returns the `queue-proxy` container to add to the pod.
+fn add_queue_proxy(
+    spec: &WorkloadSpec,
+    sidecar: &QueueProxySidecar,
+    serving: &Container,
+    containers: &mut [Container],
+) -> Result<Container, BackendError> {
+    let port = spec.container_port;
+    if RESERVED_PORTS.contains(&port) {
+        return Err(unsupported(
+            spec,
+            format!(
+                "container port {port} is reserved for the queue-proxy sidecar \
+                 (8012, 8013, 8022, 9090 and 9091 are)"
+            ),
+        ));
+    }
+    if containers
+        .iter()
+        .any(|c| c.name == QUEUE_PROXY_CONTAINER_NAME)
+    {
+        return Err(unsupported(
+            spec,
+            format!(
+                "the container name {QUEUE_PROXY_CONTAINER_NAME:?} is reserved for the sidecar"
+            ),
+        ));
+    }
+    let Some(user) = containers.get_mut(spec.serving_container) else {
+        return Err(unsupported(spec, "no serving container"));
+    };
+    let probe = user
+        .readiness_probe
+        .take()
+        .unwrap_or_else(|| kubelet_probe(None, port));
+    let period = serving
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.period_seconds);
+    let app = app_probe(&probe, period, port);
+    if !queue_proxy_runs(&probe) {
+        user.readiness_probe = Some(probe.clone());
+    }
+    let lifecycle = user.lifecycle.get_or_insert_with(Lifecycle::default);
+    lifecycle.pre_stop.get_or_insert_with(|| LifecycleHandler {
+        http_get: Some(HTTPGetAction {
+            path: Some("/wait-for-drain".to_owned()),
+            port: IntOrString::Int(i32::from(QUEUE_ADMIN_PORT)),
+            ..HTTPGetAction::default()
+        }),
+        ..LifecycleHandler::default()
+    });
+    let readiness_json = serde_json::to_string(&app).map_err(|e| {
+        unsupported(
+            spec,
+            format!("cannot encode the readiness probe as JSON: {e}"),
+        )
+    })?;
+    Ok(Container {
+        name: QUEUE_PROXY_CONTAINER_NAME.to_owned(),
+        image: Some(sidecar.image.clone()),
+        command: Some(sidecar.command.clone()),
+        ports: Some(
+            QUEUE_PORTS
+                .iter()
+                .map(|(name, port)| ContainerPort {
+                    name: Some((*name).to_owned()),
+                    container_port: i32::from(*port),
+                    protocol: Some("TCP".to_owned()),
+                    ..ContainerPort::default()
+                })
+                .collect(),
+        ),
+        env: Some(queue_proxy_env(spec, readiness_json)),
+        readiness_probe: Some(queue_proxy_probe(&probe)),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([(
+                "cpu".to_owned(),
+                Quantity(QUEUE_PROXY_CPU_REQUEST.to_owned()),
+            )])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(queue_proxy_security_context()),
+        ..Container::default()
+    })
+}
+
 /// The Deployment running `spec`'s replicas, with `replicas` replicas.
 ///
 /// Fails with [`BackendError::Unsupported`] when the spec has no
@@ -284,7 +661,7 @@ pub fn desired_deployment(
             ),
         ));
     };
-    let containers = spec
+    let mut containers: Vec<Container> = spec
         .containers
         .iter()
         .enumerate()
@@ -300,6 +677,10 @@ pub fn desired_deployment(
             }
         })
         .collect();
+    if let Some(sidecar) = &config.queue_proxy {
+        let queue_proxy = add_queue_proxy(spec, sidecar, serving, &mut containers)?;
+        containers.push(queue_proxy);
+    }
     let grace = i64::try_from(spec.termination_grace_period.as_secs()).unwrap_or(i64::MAX);
     let deadline = i32::try_from(config.progress_deadline.as_secs()).unwrap_or(i32::MAX);
     Ok(Deployment {
@@ -330,15 +711,21 @@ pub fn desired_deployment(
 }
 
 /// The Service in front of `spec`'s replicas: `<revision>`, port 80 to the
-/// container port.
-pub fn desired_service(spec: &WorkloadSpec) -> Service {
-    let h2c = spec
-        .containers
-        .get(spec.serving_container)
-        .and_then(|c| c.ports.as_ref())
-        .and_then(|ports| ports.first())
-        .and_then(|p| p.name.as_deref())
-        == Some("h2c");
+/// container port, or to the queue-proxy's [`QUEUE_SERVING_PORT`] (named
+/// `http`: it speaks HTTP/1) when `config` has a sidecar.
+pub fn desired_service(spec: &WorkloadSpec, config: &KubeWorkloadConfig) -> Service {
+    let target = match config.queue_proxy {
+        Some(_) => QUEUE_SERVING_PORT,
+        None => spec.container_port,
+    };
+    let h2c = config.queue_proxy.is_none()
+        && spec
+            .containers
+            .get(spec.serving_container)
+            .and_then(|c| c.ports.as_ref())
+            .and_then(|ports| ports.first())
+            .and_then(|p| p.name.as_deref())
+            == Some("h2c");
     let (name, app_protocol) = if h2c {
         ("http2", Some("kubernetes.io/h2c".to_owned()))
     } else {
@@ -353,7 +740,7 @@ pub fn desired_service(spec: &WorkloadSpec) -> Service {
                 name: Some(name.to_owned()),
                 port: SERVICE_PORT,
                 protocol: Some("TCP".to_owned()),
-                target_port: Some(IntOrString::Int(i32::from(spec.container_port))),
+                target_port: Some(IntOrString::Int(i32::from(target))),
                 app_protocol,
                 ..ServicePort::default()
             }]),
@@ -840,7 +1227,7 @@ impl WorkloadBackend for KubeWorkloadBackend {
         async {
             let replicas = self.known_replicas(key).await?;
             let deployment = desired_deployment(spec, replicas, &self.inner.config)?;
-            let service = desired_service(spec);
+            let service = desired_service(spec, &self.inner.config);
             let name = deployment_name(&key.revision);
             self.deployments(&key.namespace)
                 .patch(&name, &self.apply_params(), &Patch::Apply(&deployment))

@@ -1506,6 +1506,9 @@ mod tests {
             container_port: 8080,
             labels: BTreeMap::from([(SERVICE_LABEL.to_owned(), "hello".to_owned())]),
             termination_grace_period: Duration::from_secs(1),
+            container_concurrency: 0,
+            response_start_timeout: None,
+            idle_timeout: None,
             owner: None,
         }
     }

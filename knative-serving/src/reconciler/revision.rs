@@ -87,9 +87,24 @@ pub fn workload_spec(revision: &Revision, config: &ServingConfig) -> WorkloadSpe
     labels
         .entry("app".to_owned())
         .or_insert_with(|| name.clone());
+    let defaults = &config.defaults;
     let timeout = spec
         .timeout_seconds
-        .unwrap_or(config.defaults.revision_timeout_seconds);
+        .unwrap_or(defaults.revision_timeout_seconds);
+    // Unset fields take config-defaults' values as the defaulting webhook
+    // does (`RevisionSpec::apply_defaults`); 0 means no limit.
+    let seconds = |s: i64| (s > 0).then(|| Duration::from_secs(s.unsigned_abs()));
+    let response_start = spec.response_start_timeout_seconds.unwrap_or_else(|| {
+        let default = defaults.revision_response_start_timeout_seconds;
+        if default < timeout { default } else { 0 }
+    });
+    let idle = spec
+        .idle_timeout_seconds
+        .unwrap_or(defaults.revision_idle_timeout_seconds);
+    let container_concurrency = spec
+        .container_concurrency
+        .unwrap_or(defaults.container_concurrency)
+        .clamp(0, i64::from(u32::MAX));
     WorkloadSpec {
         key: WorkloadKey::new(
             revision.metadata.namespace.clone().unwrap_or_default(),
@@ -100,6 +115,9 @@ pub fn workload_spec(revision: &Revision, config: &ServingConfig) -> WorkloadSpe
         container_port: spec.container_port(),
         labels,
         termination_grace_period: Duration::from_secs(timeout.max(0).unsigned_abs()),
+        container_concurrency: u32::try_from(container_concurrency).unwrap_or(u32::MAX),
+        response_start_timeout: seconds(response_start),
+        idle_timeout: seconds(idle),
         owner: revision
             .metadata
             .uid
@@ -515,6 +533,39 @@ spec:
     }
 
     #[test]
+    fn workload_spec_carries_concurrency_and_timeouts_for_a_queue_proxy() {
+        let mut rev = revision(&[], &[]);
+        rev.spec.container_concurrency = Some(10);
+        rev.spec.response_start_timeout_seconds = Some(5);
+        rev.spec.idle_timeout_seconds = Some(7);
+        let spec = workload_spec(&rev, &ServingConfig::default());
+        assert_eq!(spec.container_concurrency, 10);
+        assert_eq!(spec.response_start_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(spec.idle_timeout, Some(Duration::from_secs(7)));
+
+        // Unset: config-defaults' values, as the defaulting webhook sets them;
+        // 0 turns a limit off.
+        let mut config = ServingConfig::default();
+        config.defaults.container_concurrency = 4;
+        config.defaults.revision_response_start_timeout_seconds = 20;
+        config.defaults.revision_idle_timeout_seconds = 60;
+        let spec = workload_spec(&revision(&[], &[]), &config);
+        assert_eq!(spec.container_concurrency, 4);
+        assert_eq!(spec.response_start_timeout, Some(Duration::from_secs(20)));
+        assert_eq!(spec.idle_timeout, Some(Duration::from_secs(60)));
+        config.defaults.revision_response_start_timeout_seconds = 30;
+        assert_eq!(
+            workload_spec(&revision(&[], &[]), &config).response_start_timeout,
+            None,
+            "a default not below timeoutSeconds leaves the field unset"
+        );
+        rev.spec.idle_timeout_seconds = Some(0);
+        rev.spec.container_concurrency = Some(-1);
+        let spec = workload_spec(&rev, &config);
+        assert_eq!((spec.idle_timeout, spec.container_concurrency), (None, 0));
+    }
+
+    #[test]
     fn workload_spec_carries_port_grace_period_and_revision_labels() {
         let rev = revision(
             &[
@@ -540,6 +591,9 @@ spec:
             Some("hello-00001")
         );
         assert!(!spec.labels.contains_key(keys::ROUTING_STATE));
+        assert_eq!(spec.container_concurrency, 0, "config-defaults: unlimited");
+        assert_eq!(spec.response_start_timeout, None);
+        assert_eq!(spec.idle_timeout, None);
         let owner = spec.owner.expect("a revision with a uid owns its workload");
         assert_eq!(
             (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),

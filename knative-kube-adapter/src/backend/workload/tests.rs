@@ -8,10 +8,12 @@ use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus,
     HTTPGetAction, PodCondition, PodStatus,
 };
+use k8s_openapi::api::core::v1::{ExecAction, GRPCAction};
 use k8s_openapi::api::discovery::v1::{
     Endpoint as SliceEndpoint, EndpointConditions, EndpointPort,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use knative_serving::dataplane::queue_proxy::{QueueProxyEnv, Readiness};
 use serde_json::json;
 
 use super::*;
@@ -46,6 +48,9 @@ fn spec(container: Container) -> WorkloadSpec {
             ("app".to_owned(), "hello-00001".to_owned()),
         ]),
         termination_grace_period: Duration::from_secs(300),
+        container_concurrency: 0,
+        response_start_timeout: None,
+        idle_timeout: None,
         owner: Some(owner()),
     }
 }
@@ -101,6 +106,9 @@ fn deployment_carries_upstream_names_labels_owner_and_selector() -> Result<(), B
     let pod = pod_spec(&d);
     assert_eq!(pod.enable_service_links, Some(false));
     assert_eq!(pod.termination_grace_period_seconds, Some(300));
+    let names: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["user-container"], "no sidecar by default");
+    assert_eq!(pod.containers[0].lifecycle, None);
     Ok(())
 }
 
@@ -269,7 +277,7 @@ fn service_is_named_like_the_revision_and_targets_the_container_port() {
         };
         let mut s = spec(container);
         s.container_port = 9000;
-        let svc = desired_service(&s);
+        let svc = desired_service(&s, &KubeWorkloadConfig::default());
         assert_eq!(svc.metadata.name.as_deref(), Some("hello-00001"));
         assert_eq!(svc.metadata.owner_references, Some(vec![owner()]));
         let svc_spec = svc.spec.expect("a spec");
@@ -748,5 +756,539 @@ async fn watch_events_update_the_status_channel() -> Result<(), BackendError> {
     );
     backend.observe(Event::Delete(pod("pod-a", PodStatus::default())), &mut pods);
     assert_eq!(status.borrow_and_update().failure, None);
+    Ok(())
+}
+
+fn with_sidecar() -> KubeWorkloadConfig {
+    KubeWorkloadConfig {
+        queue_proxy: Some(QueueProxySidecar::new("example.com/knative-operator:dev")),
+        ..KubeWorkloadConfig::default()
+    }
+}
+
+/// The pod's containers by name.
+fn containers(deployment: &Deployment) -> BTreeMap<String, Container> {
+    pod_spec(deployment)
+        .containers
+        .iter()
+        .map(|c| (c.name.clone(), c.clone()))
+        .collect()
+}
+
+fn http_probe(path: &str, port: i32, period: Option<i32>) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(port),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: period,
+        ..Probe::default()
+    }
+}
+
+/// What the queue-proxy's own readiness probe is: a Knative probe of 8012.
+fn knative_probe(period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            port: IntOrString::Int(8012),
+            http_headers: Some(vec![HTTPHeader {
+                name: "K-Network-Probe".into(),
+                value: "queue".into(),
+            }]),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        ..Probe::default()
+    }
+}
+
+#[test]
+fn queue_proxy_sidecar_fronts_the_serving_container() -> Result<(), BackendError> {
+    struct Case {
+        name: &'static str,
+        probe: Option<Probe>,
+        /// The probe the kubelet still runs on the user container.
+        want_user_probe: Option<Probe>,
+        /// `SERVING_READINESS_PROBE`, as JSON.
+        want_app_probe: serde_json::Value,
+        /// What `knative queue-proxy` makes of it.
+        want_readiness: Readiness,
+        want_sidecar_probe: Probe,
+    }
+    let tcp_json = json!({"tcpSocket": {"host": "127.0.0.1", "port": 8080}});
+    let exec = Probe {
+        exec: Some(ExecAction {
+            command: Some(vec!["ready".into()]),
+        }),
+        period_seconds: Some(3),
+        ..Probe::default()
+    };
+    let grpc = Probe {
+        grpc: Some(GRPCAction {
+            port: 0,
+            ..GRPCAction::default()
+        }),
+        ..Probe::default()
+    };
+    let cases = [
+        Case {
+            name: "no probe: TCP on the container port",
+            probe: None,
+            want_user_probe: None,
+            want_app_probe: json!({"tcpSocket": {"host": "127.0.0.1", "port": 8080}, "periodSeconds": null}),
+            want_readiness: Readiness::Tcp,
+            want_sidecar_probe: knative_probe(1),
+        },
+        Case {
+            name: "Knative's default TCP probe (port 0, success threshold 1)",
+            probe: Some(Probe {
+                tcp_socket: Some(TCPSocketAction {
+                    port: IntOrString::Int(0),
+                    ..TCPSocketAction::default()
+                }),
+                success_threshold: Some(1),
+                ..Probe::default()
+            }),
+            want_user_probe: None,
+            want_app_probe: json!({
+                "tcpSocket": {"host": "127.0.0.1", "port": 8080},
+                "successThreshold": 1,
+            }),
+            want_readiness: Readiness::Tcp,
+            want_sidecar_probe: Probe {
+                success_threshold: Some(1),
+                ..knative_probe(1)
+            },
+        },
+        Case {
+            name: "httpGet without a port, every 5 s",
+            probe: Some(http_probe("/healthz", 0, Some(5))),
+            want_user_probe: None,
+            want_app_probe: json!({
+                "httpGet": {
+                    "host": "127.0.0.1",
+                    "path": "/healthz",
+                    "port": 8080,
+                    "scheme": "HTTP",
+                    "httpHeaders": [{"name": "K-Kubelet-Probe", "value": "queue"}],
+                },
+                "periodSeconds": 5,
+                "timeoutSeconds": 1,
+            }),
+            want_readiness: Readiness::Http {
+                path: "/healthz".into(),
+                port: None,
+                headers: vec![("K-Kubelet-Probe".into(), "queue".into())],
+            },
+            want_sidecar_probe: knative_probe(5),
+        },
+        Case {
+            name: "httpGet on its own port",
+            probe: Some(http_probe("/ready", 9100, None)),
+            want_user_probe: None,
+            want_app_probe: json!({
+                "httpGet": {
+                    "host": "127.0.0.1",
+                    "path": "/ready",
+                    "port": 9100,
+                    "scheme": "HTTP",
+                    "httpHeaders": [{"name": "K-Kubelet-Probe", "value": "queue"}],
+                },
+            }),
+            want_readiness: Readiness::Http {
+                path: "/ready".into(),
+                port: Some(9100),
+                headers: vec![("K-Kubelet-Probe".into(), "queue".into())],
+            },
+            want_sidecar_probe: knative_probe(1),
+        },
+        Case {
+            name: "exec stays with the kubelet, the queue-proxy checks TCP",
+            probe: Some(exec.clone()),
+            want_user_probe: Some(exec.clone()),
+            want_app_probe: json!({
+                "tcpSocket": {"host": "127.0.0.1", "port": 8080},
+                "periodSeconds": 3,
+                "timeoutSeconds": 1,
+            }),
+            want_readiness: Readiness::Tcp,
+            want_sidecar_probe: knative_probe(3),
+        },
+        Case {
+            name: "gRPC stays with the kubelet (port filled in)",
+            probe: Some(grpc),
+            want_user_probe: Some(Probe {
+                grpc: Some(GRPCAction {
+                    port: 8080,
+                    ..GRPCAction::default()
+                }),
+                period_seconds: Some(1),
+                ..Probe::default()
+            }),
+            want_app_probe: tcp_json.clone(),
+            want_readiness: Readiness::Tcp,
+            want_sidecar_probe: knative_probe(1),
+        },
+    ];
+    for case in cases {
+        let mut s = spec(Container {
+            readiness_probe: case.probe.clone(),
+            ..image("hello")
+        });
+        s.container_concurrency = 10;
+        s.response_start_timeout = Some(Duration::from_secs(5));
+        s.idle_timeout = Some(Duration::from_secs(7));
+        let d = desired_deployment(&s, 1, &with_sidecar())?;
+        let names: Vec<&str> = pod_spec(&d)
+            .containers
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(names, ["user-container", "queue-proxy"], "{}", case.name);
+        let by_name = containers(&d);
+        let user = &by_name["user-container"];
+        let qp = &by_name["queue-proxy"];
+        assert_eq!(
+            user.readiness_probe, case.want_user_probe,
+            "{}: the user container's probe",
+            case.name
+        );
+        assert_eq!(
+            qp.readiness_probe.as_ref(),
+            Some(&case.want_sidecar_probe),
+            "{}: the sidecar's probe",
+            case.name
+        );
+        let env = env(qp);
+        let app_probe: serde_json::Value = serde_json::from_str(&env["SERVING_READINESS_PROBE"])
+            .expect("SERVING_READINESS_PROBE is JSON");
+        let mut want_app_probe = case.want_app_probe.clone();
+        if let Some(o) = want_app_probe.as_object_mut() {
+            o.retain(|_, v| !v.is_null());
+        }
+        assert_eq!(app_probe, want_app_probe, "{}", case.name);
+
+        // The sidecar's environment is what `knative queue-proxy` reads.
+        let parsed = QueueProxyEnv::from_vars(|k| env.get(k).cloned()).map_err(|e| {
+            BackendError::Unsupported {
+                key: s.key.clone(),
+                message: format!("{}: {e}", case.name),
+            }
+        })?;
+        assert_eq!(parsed.serving_port, 8012, "{}", case.name);
+        assert_eq!(parsed.admin_port, 8022, "{}", case.name);
+        assert_eq!(parsed.metrics_port, 9090, "{}", case.name);
+        assert_eq!(parsed.drain, Duration::from_secs(30), "{}", case.name);
+        assert_eq!(
+            parsed.proxy.app.to_string(),
+            "127.0.0.1:8080",
+            "{}",
+            case.name
+        );
+        assert_eq!(parsed.proxy.container_concurrency, 10, "{}", case.name);
+        assert_eq!(
+            (
+                parsed.proxy.timeouts.total,
+                parsed.proxy.timeouts.response_start,
+                parsed.proxy.timeouts.idle
+            ),
+            (
+                Duration::from_secs(300),
+                Some(Duration::from_secs(5)),
+                Some(Duration::from_secs(7))
+            ),
+            "{}",
+            case.name
+        );
+        assert_eq!(parsed.proxy.readiness, case.want_readiness, "{}", case.name);
+    }
+    Ok(())
+}
+
+#[test]
+fn queue_proxy_sidecar_has_upstream_ports_env_and_hooks() -> Result<(), BackendError> {
+    let config = KubeWorkloadConfig {
+        queue_proxy: Some(
+            QueueProxySidecar::new("qp:1").with_command(vec!["/qp".into(), "serve".into()]),
+        ),
+        ..KubeWorkloadConfig::default()
+    };
+    let mut s = spec(image("hello"));
+    s.termination_grace_period = Duration::from_secs(10);
+    let d = desired_deployment(&s, 1, &config)?;
+    let by_name = containers(&d);
+    let qp = &by_name["queue-proxy"];
+    assert_eq!(qp.image.as_deref(), Some("qp:1"));
+    assert_eq!(qp.command, Some(vec!["/qp".to_owned(), "serve".to_owned()]));
+    let ports: Vec<(&str, i32)> = qp
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.as_deref().unwrap_or_default(), p.container_port))
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            ("queue-port", 8012),
+            ("http-queueadm", 8022),
+            ("http-autometric", 9090),
+            ("http-usermetric", 9091),
+        ]
+    );
+    let want_env: BTreeMap<String, String> = [
+        ("SERVING_NAMESPACE", "default"),
+        ("SERVING_SERVICE", "hello"),
+        ("SERVING_CONFIGURATION", "hello"),
+        ("SERVING_REVISION", "hello-00001"),
+        ("QUEUE_SERVING_PORT", "8012"),
+        ("QUEUE_ADMIN_PORT", "8022"),
+        ("QUEUE_METRICS_PORT", "9090"),
+        ("QUEUE_DRAIN_SECONDS", "10"),
+        ("CONTAINER_CONCURRENCY", "0"),
+        ("REVISION_TIMEOUT_SECONDS", "10"),
+        ("REVISION_RESPONSE_START_TIMEOUT_SECONDS", "0"),
+        ("REVISION_IDLE_TIMEOUT_SECONDS", "0"),
+        ("USER_PORT", "8080"),
+        ("SERVING_POD", ""),
+        ("SERVING_POD_IP", ""),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let mut got = env(qp);
+    assert!(got.remove("SERVING_READINESS_PROBE").is_some());
+    assert_eq!(got, want_env);
+    let pod_fields: Vec<(&str, Option<&str>)> = qp
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| {
+            let field = e.value_from.as_ref()?.field_ref.as_ref()?;
+            Some((e.name.as_str(), Some(field.field_path.as_str())))
+        })
+        .collect();
+    assert_eq!(
+        pod_fields,
+        [
+            ("SERVING_POD", Some("metadata.name")),
+            ("SERVING_POD_IP", Some("status.podIP"))
+        ]
+    );
+    let security = qp.security_context.clone().unwrap_or_default();
+    assert_eq!(security.run_as_non_root, Some(true));
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    let cpu = qp
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|r| r.get("cpu"))
+        .map(|q| q.0.clone());
+    assert_eq!(cpu.as_deref(), Some("25m"));
+
+    // The user container waits for the drain before it is stopped.
+    let pre_stop = by_name["user-container"]
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|h| h.http_get.clone());
+    assert_eq!(
+        pre_stop,
+        Some(HTTPGetAction {
+            path: Some("/wait-for-drain".into()),
+            port: IntOrString::Int(8022),
+            ..HTTPGetAction::default()
+        })
+    );
+    // Its own preStop hook is kept.
+    let own = Lifecycle {
+        pre_stop: Some(LifecycleHandler {
+            exec: Some(ExecAction {
+                command: Some(vec!["sleep".into(), "5".into()]),
+            }),
+            ..LifecycleHandler::default()
+        }),
+        ..Lifecycle::default()
+    };
+    let d = desired_deployment(
+        &spec(Container {
+            lifecycle: Some(own.clone()),
+            ..image("hello")
+        }),
+        1,
+        &config,
+    )?;
+    assert_eq!(containers(&d)["user-container"].lifecycle, Some(own));
+    Ok(())
+}
+
+#[test]
+fn queue_proxy_ports_and_name_are_reserved() {
+    for (name, container) in [
+        (
+            "port 8012",
+            Container {
+                ports: Some(vec![ContainerPort {
+                    container_port: 8012,
+                    ..ContainerPort::default()
+                }]),
+                ..image("hello")
+            },
+        ),
+        (
+            "container named queue-proxy",
+            Container {
+                name: "queue-proxy".into(),
+                ..image("hello")
+            },
+        ),
+    ] {
+        let mut s = spec(container.clone());
+        if let Some(port) = container.ports.iter().flatten().next() {
+            s.container_port = u16::try_from(port.container_port).unwrap_or_default();
+        }
+        let result = desired_deployment(&s, 1, &with_sidecar());
+        assert!(
+            matches!(result, Err(BackendError::Unsupported { .. })),
+            "{name}: {result:?}"
+        );
+        assert!(
+            desired_deployment(&s, 1, &KubeWorkloadConfig::default()).is_ok(),
+            "{name}: fine without a sidecar"
+        );
+    }
+}
+
+#[test]
+fn service_targets_the_queue_proxy_when_there_is_one() {
+    let cases = [
+        (None, KubeWorkloadConfig::default(), "http", None, 9000),
+        (
+            Some("h2c"),
+            KubeWorkloadConfig::default(),
+            "http2",
+            Some("kubernetes.io/h2c"),
+            9000,
+        ),
+        (None, with_sidecar(), "http", None, 8012),
+        // The queue-proxy speaks HTTP/1.
+        (Some("h2c"), with_sidecar(), "http", None, 8012),
+    ];
+    for (port_name, config, want_name, want_protocol, want_target) in cases {
+        let mut s = spec(Container {
+            ports: Some(vec![ContainerPort {
+                name: port_name.map(str::to_owned),
+                container_port: 9000,
+                ..ContainerPort::default()
+            }]),
+            ..image("hello")
+        });
+        s.container_port = 9000;
+        let svc = desired_service(&s, &config);
+        let ports = svc.spec.and_then(|s| s.ports).unwrap_or_default();
+        assert_eq!(ports.len(), 1);
+        let port = &ports[0];
+        let sidecar = config.queue_proxy.is_some();
+        assert_eq!(port.port, 80, "{port_name:?} sidecar={sidecar}");
+        assert_eq!(
+            port.name.as_deref(),
+            Some(want_name),
+            "{port_name:?} sidecar={sidecar}"
+        );
+        assert_eq!(
+            port.app_protocol.as_deref(),
+            want_protocol,
+            "{port_name:?} sidecar={sidecar}"
+        );
+        assert_eq!(
+            port.target_port,
+            Some(IntOrString::Int(want_target)),
+            "{port_name:?} sidecar={sidecar}"
+        );
+    }
+}
+
+/// With a sidecar, ensure applies a Deployment that runs it and a Service
+/// that targets it; the ready endpoints are then the queue-proxies'.
+#[tokio::test]
+async fn ensure_applies_the_queue_proxy_sidecar() -> Result<(), BackendError> {
+    let (client, mut server) = ApiServer::new();
+    let backend = KubeWorkloadBackend::new(client, with_sidecar());
+    let call = {
+        let backend = backend.clone();
+        let mut s = spec(Container {
+            readiness_probe: Some(http_probe("/healthz", 0, None)),
+            ..image("hello")
+        });
+        s.container_concurrency = 1;
+        tokio::spawn(async move { backend.ensure(&s).await })
+    };
+    let deployment_path = format!("{DEPLOYMENTS}/hello-00001-deployment");
+    server
+        .expect(Method::GET, &deployment_path, &[], 404, not_found())
+        .await;
+    let applied = server
+        .expect(Method::PATCH, &deployment_path, APPLY, 200, json!({}))
+        .await
+        .body;
+    let containers = &applied["spec"]["template"]["spec"]["containers"];
+    assert_eq!(containers[0]["name"], "user-container");
+    assert_eq!(
+        containers[0]["readinessProbe"],
+        serde_json::Value::Null,
+        "the queue-proxy runs the app's probe"
+    );
+    assert_eq!(
+        containers[0]["lifecycle"]["preStop"]["httpGet"],
+        json!({"path": "/wait-for-drain", "port": 8022})
+    );
+    let qp = &containers[1];
+    assert_eq!(qp["name"], "queue-proxy");
+    assert_eq!(qp["image"], "example.com/knative-operator:dev");
+    assert_eq!(
+        qp["command"],
+        json!(["/usr/local/bin/knative", "queue-proxy"])
+    );
+    assert_eq!(
+        qp["ports"][0],
+        json!({"name": "queue-port", "containerPort": 8012, "protocol": "TCP"})
+    );
+    assert_eq!(
+        qp["readinessProbe"]["httpGet"],
+        json!({"port": 8012, "httpHeaders": [{"name": "K-Network-Probe", "value": "queue"}]})
+    );
+    let env: BTreeMap<String, serde_json::Value> = qp["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some((e["name"].as_str()?.to_owned(), e["value"].clone())))
+        .collect();
+    assert_eq!(env["CONTAINER_CONCURRENCY"], "1");
+    assert_eq!(env["USER_PORT"], "8080");
+    assert_eq!(env["REVISION_TIMEOUT_SECONDS"], "300");
+    let probe: serde_json::Value = env["SERVING_READINESS_PROBE"]
+        .as_str()
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_default();
+    assert_eq!(probe["httpGet"]["path"], "/healthz");
+    assert_eq!(probe["httpGet"]["port"], 8080);
+
+    let service = server
+        .expect(
+            Method::PATCH,
+            &format!("{SERVICES}/hello-00001"),
+            APPLY,
+            200,
+            json!({}),
+        )
+        .await
+        .body;
+    assert_eq!(
+        service["spec"]["ports"],
+        json!([{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8012}])
+    );
+    call.await.expect("ensure runs")?;
+    server.expect_no_request().await;
     Ok(())
 }
