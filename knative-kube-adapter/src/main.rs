@@ -104,6 +104,7 @@ use knative_serving::dataplane::ingress::{DataplaneConfig, ReplicaMode};
 use knative_serving::reconciler::{Serving, ServingObjects};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::watch;
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
@@ -632,9 +633,14 @@ async fn serving_config(client: &Client, namespace: &str) -> Result<ServingConfi
     Ok(config)
 }
 
-/// `KubeObjects` of one kind, in the operator's namespace scope.
-fn objects<K>(client: &Client, namespace: Option<&str>) -> Arc<KubeObjects<K>> {
-    let objects = KubeObjects::new(client.clone());
+/// `KubeObjects` of one kind, in the operator's namespace scope, publishing
+/// `Created` events on the owners of what it creates.
+fn objects<K>(
+    client: &Client,
+    namespace: Option<&str>,
+    recorder: &Arc<Recorder>,
+) -> Arc<KubeObjects<K>> {
+    let objects = KubeObjects::new(client.clone()).with_recorder(Arc::clone(recorder));
     Arc::new(match namespace {
         Some(ns) => objects.in_namespace(ns),
         None => objects,
@@ -748,13 +754,23 @@ async fn operate(
         );
     }
     let backends = kubernetes_backends(&client, ns, queue_proxy);
+    let recorder = Arc::new(Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: FIELD_MANAGER.to_owned(),
+            instance: args
+                .identity
+                .clone()
+                .or_else(|| std::env::var("HOSTNAME").ok()),
+        },
+    ));
 
     // Serving.
     let serving_objects = ServingObjects {
-        services: objects::<Service>(&client, ns),
-        configurations: objects(&client, ns),
-        revisions: objects(&client, ns),
-        routes: objects::<Route>(&client, ns),
+        services: objects::<Service>(&client, ns, &recorder),
+        configurations: objects(&client, ns, &recorder),
+        revisions: objects(&client, ns, &recorder),
+        routes: objects::<Route>(&client, ns, &recorder),
     };
     let serving = Serving::new(
         serving_objects.clone(),
@@ -771,17 +787,17 @@ async fn operate(
 
     // Eventing: brokers and triggers.
     let eventing = EventingObjects {
-        brokers: objects(&client, ns),
-        triggers: objects(&client, ns),
-        channels: objects(&client, ns),
-        in_memory_channels: objects(&client, ns),
-        subscriptions: objects(&client, ns),
-        sequences: objects(&client, ns),
-        parallels: objects(&client, ns),
-        ping_sources: objects(&client, ns),
-        sink_bindings: objects(&client, ns),
-        container_sources: objects(&client, ns),
-        api_server_sources: objects(&client, ns),
+        brokers: objects(&client, ns, &recorder),
+        triggers: objects(&client, ns, &recorder),
+        channels: objects(&client, ns, &recorder),
+        in_memory_channels: objects(&client, ns, &recorder),
+        subscriptions: objects(&client, ns, &recorder),
+        sequences: objects(&client, ns, &recorder),
+        parallels: objects(&client, ns, &recorder),
+        ping_sources: objects(&client, ns, &recorder),
+        sink_bindings: objects(&client, ns, &recorder),
+        container_sources: objects(&client, ns, &recorder),
+        api_server_sources: objects(&client, ns, &recorder),
     };
     let resolver: Arc<dyn AddressResolver> = Arc::new(EventingAddresses::new(
         &eventing,
@@ -977,10 +993,10 @@ async fn operate(
     if !args.no_builds {
         let build = Build::new(
             BuildObjects {
-                tasks: objects(&client, ns),
-                task_runs: objects(&client, ns),
-                pipelines: objects(&client, ns),
-                pipeline_runs: objects(&client, ns),
+                tasks: objects(&client, ns, &recorder),
+                task_runs: objects(&client, ns, &recorder),
+                pipelines: objects(&client, ns, &recorder),
+                pipeline_runs: objects(&client, ns, &recorder),
             },
             Arc::clone(&backends.steps),
         );

@@ -46,9 +46,11 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::{StreamExt, stream::BoxStream};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
 use knative_core::apis::FieldError;
 use knative_core::store::{ApiObject, Deletion, ObjectKey, Objects, StoreError, Watch, WatchEvent};
@@ -56,6 +58,7 @@ use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
 };
 use kube::core::{Selector, Status};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::watcher;
 use kube::{Client, Resource};
 use serde_json::{Value, json};
@@ -106,6 +109,7 @@ impl KubeScope for ClusterResourceScope {
 pub struct KubeObjects<K> {
     client: Client,
     scope: Option<String>,
+    recorder: Option<Arc<Recorder>>,
     _kind: PhantomData<fn() -> K>,
 }
 
@@ -114,6 +118,7 @@ impl<K> Clone for KubeObjects<K> {
         KubeObjects {
             client: self.client.clone(),
             scope: self.scope.clone(),
+            recorder: self.recorder.clone(),
             _kind: PhantomData,
         }
     }
@@ -134,8 +139,18 @@ impl<K> KubeObjects<K> {
         KubeObjects {
             client,
             scope: None,
+            recorder: None,
             _kind: PhantomData,
         }
+    }
+
+    /// Publishes Kubernetes Events about the objects this view creates, as
+    /// upstream's reconcilers do: `Normal Created` (`Created Configuration
+    /// "hello"`) or `Warning CreationFailed` on the new object's controlling
+    /// owner (so `kubectl describe ksvc hello` lists its children).
+    pub fn with_recorder(mut self, recorder: Arc<Recorder>) -> Self {
+        self.recorder = Some(recorder);
+        self
     }
 
     /// Restricts a namespaced kind to `namespace` (the operator's
@@ -395,6 +410,68 @@ fn decode_or_skip<K: ApiObject>(object: DynamicObject) -> Option<K> {
     }
 }
 
+/// The event upstream's reconcilers publish about creating `obj` (with the
+/// API server's answer `created`), on its controlling owner; nothing for
+/// objects without one, or when creating raced with another writer
+/// (already exists, conflict). Publishing is bounded to 2 s and its
+/// failure only logged: events are informational.
+async fn record_creation<K: ApiObject>(
+    recorder: &Recorder,
+    obj: &K,
+    key: &ObjectKey,
+    created: &Result<K, StoreError>,
+) {
+    let Some(owner) = obj
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true))
+    else {
+        return;
+    };
+    let kind = K::kind_name();
+    let (type_, reason, note) = match created {
+        Ok(_) => (
+            EventType::Normal,
+            "Created",
+            format!("Created {kind} {:?}", key.name),
+        ),
+        Err(e) if e.is_already_exists() || e.is_conflict() => return,
+        Err(e) => (
+            EventType::Warning,
+            "CreationFailed",
+            format!("Failed to create {kind} {:?}: {e}", key.name),
+        ),
+    };
+    let regarding = ObjectReference {
+        api_version: Some(owner.api_version.clone()),
+        kind: Some(owner.kind.clone()),
+        name: Some(owner.name.clone()),
+        uid: Some(owner.uid.clone()),
+        namespace: key.namespace.clone(),
+        ..ObjectReference::default()
+    };
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        // The API server caps an event's note at 1 KiB.
+        note: Some(note.chars().take(1000).collect()),
+        action: "Create".to_owned(),
+        secondary: None,
+    };
+    let published = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        recorder.publish(&event, &regarding),
+    )
+    .await;
+    match published {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::debug!(%error, "could not publish an event"),
+        Err(_) => tracing::debug!("publishing an event timed out"),
+    }
+}
+
 /// Orders objects as [`Objects::list`] promises: by namespace, then name.
 fn sort_by_key<K: ApiObject>(objects: &mut [K]) {
     objects.sort_by_cached_key(ApiObject::key);
@@ -487,10 +564,15 @@ where
     #[tracing::instrument(level = "debug", skip(self, obj), fields(kind = %K::kind_name(), key = %obj.key()))]
     async fn create(&self, obj: &K) -> Result<K, StoreError> {
         let key = self.key_for_write(obj)?;
-        self.api(key.namespace())
+        let created = self
+            .api(key.namespace())
             .create(&PostParams::default(), obj)
             .await
-            .map_err(|e| store_error::<K>(&key, e))
+            .map_err(|e| store_error::<K>(&key, e));
+        if let Some(recorder) = &self.recorder {
+            record_creation(recorder, obj, &key, &created).await;
+        }
+        created
     }
 
     #[tracing::instrument(level = "debug", skip(self, obj), fields(kind = %K::kind_name(), key = %obj.key()))]

@@ -736,3 +736,70 @@ async fn objects_without_spec_read_and_unreadable_ones_are_skipped() {
         .collect();
     assert_eq!(names, ["default"]);
 }
+
+/// With a recorder, creating an object with a controlling owner publishes
+/// upstream's `Created` event on the owner (`kubectl describe ksvc hello`
+/// shows `Created Configuration "hello"`); a creation that fails publishes
+/// `CreationFailed`.
+#[tokio::test]
+async fn creating_an_owned_object_publishes_an_event_on_its_owner() {
+    use knative_serving::api::Configuration;
+    const CONFIGURATIONS: &str = "/apis/serving.knative.dev/v1/namespaces/default/configurations";
+    const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+    let configuration: Configuration = serde_json::from_value(json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Configuration",
+        "metadata": {"name": "hello", "namespace": "default", "ownerReferences": [{
+            "apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "hello",
+            "uid": "uid-svc", "controller": true, "blockOwnerDeletion": true}]},
+        "spec": {"template": {"spec": {"containers": [{"image": "example.com/app"}]}}},
+    }))
+    .expect("a Configuration");
+    let (client, mut server) = mock();
+    let recorder = Arc::new(kube::runtime::events::Recorder::new(
+        client.clone(),
+        kube::runtime::events::Reporter {
+            controller: "knative-operator".into(),
+            instance: Some("test".into()),
+        },
+    ));
+    let objects = KubeObjects::<Configuration>::new(client).with_recorder(recorder);
+    let mut stored = serde_json::to_value(&configuration).expect("JSON");
+    stored["metadata"]["uid"] = json!("uid-config");
+    stored["metadata"]["resourceVersion"] = json!("1");
+    let server = async move {
+        let (_, send) = server.take(Method::POST, CONFIGURATIONS).await;
+        server.answer(send, 201, &stored);
+        let (event, send) = server.take(Method::POST, EVENTS).await;
+        assert_eq!(event["reason"], "Created");
+        assert_eq!(event["type"], "Normal");
+        assert_eq!(event["note"], "Created Configuration \"hello\"");
+        assert_eq!(event["regarding"]["kind"], "Service");
+        assert_eq!(event["regarding"]["name"], "hello");
+        assert_eq!(event["regarding"]["uid"], "uid-svc");
+        assert_eq!(event["reportingController"], "knative-operator");
+        server.answer(send, 201, &event);
+        let (_, send) = server.take(Method::POST, CONFIGURATIONS).await;
+        server.answer(
+            send,
+            422,
+            &api_status(
+                422,
+                "Invalid",
+                "spec.template: bad",
+                json!({"name": "hello"}),
+            ),
+        );
+        let (event, send) = server.take(Method::POST, EVENTS).await;
+        assert_eq!(event["reason"], "CreationFailed");
+        assert_eq!(event["type"], "Warning");
+        server.answer(send, 201, &event);
+    };
+    scenario(server, async {
+        objects.create(&configuration).await.expect("created");
+        objects
+            .create(&configuration)
+            .await
+            .expect_err("refused the second time");
+    })
+    .await;
+}
