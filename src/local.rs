@@ -59,16 +59,15 @@ use knative_build::reconciler::{Build, BuildObjects};
 use knative_core::apis::{Context, SetDefaults, Validate};
 use knative_core::runtime::Controller;
 use knative_core::store::{ApiObject, InMemoryStore, Objects, StoreError};
-use knative_eventing::api::KReference;
 use knative_eventing::broker::{Brokers, DispatchConfig, IngressConfig};
 use knative_eventing::channel::Channels;
 use knative_eventing::delivery::Sender;
 use knative_eventing::log::EventLog;
 use knative_eventing::reconciler::{
     AddressResolver, BrokerReconciler, ChannelReconciler, ContainerSourceReconciler,
-    EventingAddresses, EventingObjects, InMemoryChannelReconciler, ParallelReconciler,
-    PingScheduler, PingSourceReconciler, SequenceReconciler, SinkBindingReconciler,
-    SubscriptionReconciler, TriggerReconciler,
+    EventingAddresses, EventingObjects, InMemoryChannelReconciler, KindAddresses,
+    ParallelReconciler, PingScheduler, PingSourceReconciler, SequenceReconciler,
+    SinkBindingReconciler, SubscriptionReconciler, TriggerReconciler,
 };
 use knative_serving::api::{Route, Service};
 use knative_serving::backend::WorkloadKey;
@@ -226,59 +225,27 @@ impl std::fmt::Debug for Platform {
 }
 
 /// Resolves references to Knative Services and Routes: their cluster-local
-/// address (`status.address.url`), else their URL.
-struct ServingAddresses {
+/// address (`status.address.url`), else their URL; other kinds go to
+/// `next`.
+pub(crate) fn serving_addresses(
     services: Arc<dyn Objects<Service>>,
     routes: Arc<dyn Objects<Route>>,
-}
-
-#[async_trait]
-impl AddressResolver for ServingAddresses {
-    async fn resolve_reference(
-        &self,
-        reference: &KReference,
-        namespace: &str,
-    ) -> Result<String, String> {
-        let ns = reference
-            .namespace
-            .as_deref()
-            .filter(|n| !n.is_empty())
-            .unwrap_or(namespace);
-        let serving = reference
-            .api_version
-            .as_deref()
-            .or(reference.group.as_deref())
-            .is_some_and(|v| v.starts_with("serving.knative.dev"));
-        let address = |url: Option<String>, address: Option<String>, what: &str| {
-            address
-                .or(url)
-                .ok_or_else(|| format!("{what} {ns}/{} has no address yet", reference.name))
-        };
-        match (serving, reference.kind.as_str()) {
-            (true, "Service") => {
-                let svc = self
-                    .services
-                    .get(Some(ns), &reference.name)
-                    .await
-                    .map_err(|e| format!("service {ns}/{}: {e}", reference.name))?;
-                let status = svc.status.unwrap_or_default();
-                address(status.url, status.address.and_then(|a| a.url), "service")
-            }
-            (true, "Route") => {
-                let route = self
-                    .routes
-                    .get(Some(ns), &reference.name)
-                    .await
-                    .map_err(|e| format!("route {ns}/{}: {e}", reference.name))?;
-                let status = route.status.unwrap_or_default();
-                address(status.url, status.address.and_then(|a| a.url), "route")
-            }
-            _ => Err(format!(
-                "cannot resolve {} {ns}/{}: the local platform resolves Brokers, Services and Routes",
-                reference.kind, reference.name
-            )),
-        }
-    }
+    next: Option<Arc<dyn AddressResolver>>,
+) -> Arc<dyn AddressResolver> {
+    let routes = KindAddresses::new(
+        "serving.knative.dev",
+        "Route",
+        routes,
+        Route::address_url,
+        next,
+    );
+    Arc::new(KindAddresses::new(
+        "serving.knative.dev",
+        "Service",
+        services,
+        Service::address_url,
+        Some(Arc::new(routes)),
+    ))
 }
 
 /// SinkBinding subjects on the local platform: Knative Services (by name
@@ -565,10 +532,11 @@ impl Platform {
         let eventing = EventingObjects::in_memory(&store);
         let resolver: Arc<dyn AddressResolver> = Arc::new(EventingAddresses::new(
             &eventing,
-            Some(Arc::new(ServingAddresses {
-                services: Arc::clone(&objects.services),
-                routes: Arc::clone(&objects.routes),
-            })),
+            Some(serving_addresses(
+                Arc::clone(&objects.services),
+                Arc::clone(&objects.routes),
+                None,
+            )),
         ));
         let broker_controller = Controller::new(
             Arc::clone(&eventing.brokers),

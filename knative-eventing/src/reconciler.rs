@@ -206,6 +206,87 @@ pub async fn resolve_destination(
     }
 }
 
+/// Resolves references to one kind `K` of any API group (a Knative
+/// Service, a Route: kinds this crate does not know) through a function
+/// that reads the address off the stored object, and delegates every
+/// other kind to `next`, if any. Chain several for several kinds.
+pub struct KindAddresses<K> {
+    group: &'static str,
+    kind: &'static str,
+    objects: Arc<dyn Objects<K>>,
+    address: fn(&K) -> Option<String>,
+    next: Option<Arc<dyn AddressResolver>>,
+}
+
+impl<K> std::fmt::Debug for KindAddresses<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KindAddresses")
+            .field("group", &self.group)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K> KindAddresses<K> {
+    /// References to `kind` in API group `group` (e.g.
+    /// `serving.knative.dev`, `Service`) are looked up in `objects` and
+    /// resolved with `address`; others go to `next`.
+    pub fn new(
+        group: &'static str,
+        kind: &'static str,
+        objects: Arc<dyn Objects<K>>,
+        address: fn(&K) -> Option<String>,
+        next: Option<Arc<dyn AddressResolver>>,
+    ) -> Self {
+        KindAddresses {
+            group,
+            kind,
+            objects,
+            address,
+            next,
+        }
+    }
+}
+
+#[async_trait]
+impl<K: ApiObject> AddressResolver for KindAddresses<K> {
+    async fn resolve_reference(
+        &self,
+        reference: &KReference,
+        namespace: &str,
+    ) -> Result<String, String> {
+        let ns = reference
+            .namespace
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(namespace);
+        let group = reference
+            .api_version
+            .as_deref()
+            .or(reference.group.as_deref())
+            .map(|v| v.split_once('/').map_or(v, |(g, _)| g))
+            .unwrap_or("");
+        if reference.kind == self.kind && group == self.group {
+            let what = format!("{} {ns}/{}", self.kind, reference.name);
+            let object = self
+                .objects
+                .get(Some(ns), &reference.name)
+                .await
+                .map_err(|e| format!("{what}: {e}"))?;
+            return (self.address)(&object)
+                .filter(|u| !u.is_empty())
+                .ok_or_else(|| format!("{what} has no address yet"));
+        }
+        match &self.next {
+            Some(next) => next.resolve_reference(reference, namespace).await,
+            None => Err(format!(
+                "cannot resolve {} {ns}/{}: no resolver for this kind",
+                reference.kind, reference.name
+            )),
+        }
+    }
+}
+
 /// Resolves references to Brokers (their ingress address) and delegates
 /// every other kind to `next`, if any.
 pub struct BrokerAddresses {
@@ -769,5 +850,59 @@ mod tests {
             .await
             .expect_err("no resolver");
         assert!(err.contains("no resolver for this kind"), "{err}");
+    }
+
+    /// A kind this crate does not know (here played by Brokers under
+    /// another group and kind) resolves through the function given;
+    /// other kinds go on down the chain.
+    #[tokio::test]
+    async fn kind_addresses_resolve_their_kind_and_pass_on_the_rest() {
+        let store = InMemoryStore::new();
+        let objects: Arc<dyn Objects<Broker>> = Arc::new(store.objects::<Broker>());
+        let mut with_address = broker();
+        with_address.metadata.name = Some("ready".to_owned());
+        with_address.status = serde_json::from_value(serde_json::json!({
+            "address": {"url": "http://ready.ns.example"}
+        }))
+        .expect("status");
+        let created = objects.create(&with_address).await.expect("created");
+        let mut stored = created.clone();
+        stored.status = with_address.status.clone();
+        objects.replace_status(&stored).await.expect("status");
+        objects.create(&broker()).await.expect("created");
+        let resolver = KindAddresses::new(
+            "example.com",
+            "Thing",
+            Arc::clone(&objects),
+            |b: &Broker| b.status.as_ref()?.address.as_ref()?.url.clone(),
+            None,
+        );
+        let reference = |kind: &str, api_version: &str, name: &str| KReference {
+            kind: kind.to_owned(),
+            api_version: Some(api_version.to_owned()),
+            name: name.to_owned(),
+            ..KReference::default()
+        };
+        assert_eq!(
+            resolver
+                .resolve_reference(&reference("Thing", "example.com/v1", "ready"), "ns")
+                .await,
+            Ok("http://ready.ns.example".to_owned())
+        );
+        let pending = resolver
+            .resolve_reference(&reference("Thing", "example.com/v1", "default"), "ns")
+            .await
+            .expect_err("no address yet");
+        assert_eq!(pending, "Thing ns/default has no address yet");
+        let missing = resolver
+            .resolve_reference(&reference("Thing", "example.com/v1", "nope"), "ns")
+            .await
+            .expect_err("missing");
+        assert!(missing.contains("not found"), "{missing}");
+        let other = resolver
+            .resolve_reference(&reference("Thing", "other.example.com/v1", "ready"), "ns")
+            .await
+            .expect_err("another group");
+        assert!(other.contains("no resolver for this kind"), "{other}");
     }
 }

@@ -83,7 +83,7 @@ use knative_eventing::log::{EventLog, InMemoryLog};
 use knative_eventing::reconciler::{
     AddressResolver, BindingTarget, BrokerReconciler, ChannelReconciler, ContainerRunner,
     ContainerSourceReconciler, EventingAddresses, EventingObjects, InMemoryChannelReconciler,
-    ParallelReconciler, PingScheduler, PingSourceReconciler, SequenceReconciler,
+    KindAddresses, ParallelReconciler, PingScheduler, PingSourceReconciler, SequenceReconciler,
     SinkBindingReconciler, SubscriptionReconciler, TriggerReconciler,
 };
 use knative_kube_adapter::backend::route_services::RouteServicesError;
@@ -647,15 +647,13 @@ fn objects<K>(
     })
 }
 
-/// Resolves references to Knative Services and Routes to their URL, and
-/// to core `v1` Services to their cluster DNS name.
-struct KubeAddresses {
-    services: Arc<dyn Objects<Service>>,
-    routes: Arc<dyn Objects<Route>>,
-}
+/// Resolves references to core `v1` Services to their cluster DNS name
+/// (the last resolver of the chain: Knative Services and Routes are
+/// resolved before it by their address).
+struct CoreServiceAddresses;
 
 #[async_trait]
-impl AddressResolver for KubeAddresses {
+impl AddressResolver for CoreServiceAddresses {
     async fn resolve_reference(
         &self,
         reference: &KReference,
@@ -672,35 +670,32 @@ impl AddressResolver for KubeAddresses {
             .or(reference.group.as_deref())
             .unwrap_or("");
         let name = &reference.name;
-        let pick = |url: Option<String>, address: Option<String>, what: &str| {
-            address
-                .or(url)
-                .filter(|u| !u.is_empty())
-                .ok_or_else(|| format!("{what} {ns}/{name} has no address yet"))
-        };
         match (api_version, reference.kind.as_str()) {
-            (v, "Service") if v.starts_with("serving.knative.dev") => {
-                let svc = self
-                    .services
-                    .get(Some(ns), name)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let status = svc.status.unwrap_or_default();
-                pick(status.url, status.address.and_then(|a| a.url), "service")
-            }
-            (v, "Route") if v.starts_with("serving.knative.dev") => {
-                let route = self
-                    .routes
-                    .get(Some(ns), name)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let status = route.status.unwrap_or_default();
-                pick(status.url, status.address.and_then(|a| a.url), "route")
-            }
             ("v1" | "", "Service") => Ok(format!("http://{name}.{ns}.svc.cluster.local")),
             (v, kind) => Err(format!("cannot resolve {kind} ({v}) {ns}/{name}")),
         }
     }
+}
+
+/// Knative Services and Routes by their address, then core Services.
+fn kube_addresses(
+    services: Arc<dyn Objects<Service>>,
+    routes: Arc<dyn Objects<Route>>,
+) -> Arc<dyn AddressResolver> {
+    let routes = KindAddresses::new(
+        "serving.knative.dev",
+        "Route",
+        routes,
+        Route::address_url,
+        Some(Arc::new(CoreServiceAddresses)),
+    );
+    Arc::new(KindAddresses::new(
+        "serving.knative.dev",
+        "Service",
+        services,
+        Service::address_url,
+        Some(Arc::new(routes)),
+    ))
 }
 
 /// Gives every Route its Kubernetes Services ([`RouteServices`]); owner
@@ -801,10 +796,10 @@ async fn operate(
     };
     let resolver: Arc<dyn AddressResolver> = Arc::new(EventingAddresses::new(
         &eventing,
-        Some(Arc::new(KubeAddresses {
-            services: Arc::clone(&serving_objects.services),
-            routes: Arc::clone(&serving_objects.routes),
-        })),
+        Some(kube_addresses(
+            Arc::clone(&serving_objects.services),
+            Arc::clone(&serving_objects.routes),
+        )),
     ));
     // One log for brokers and channels, one sender for brokers, channels
     // and pings.

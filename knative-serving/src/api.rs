@@ -120,6 +120,27 @@ macro_rules! impl_is_ready {
 
 impl_is_ready!(Service, Configuration, Revision, Route);
 
+macro_rules! impl_address_url {
+    ($($kind:ty),*) => {$(
+        impl $kind {
+            /// Where to send requests (and events) to it, as the Addressable
+            /// duck type reads it: its cluster-local `status.address.url`,
+            /// else its `status.url`; `None` before it has either.
+            pub fn address_url(&self) -> Option<String> {
+                let status = self.status.as_ref()?;
+                status
+                    .address
+                    .as_ref()
+                    .and_then(|a| a.url.clone())
+                    .or_else(|| status.url.clone())
+                    .filter(|u| !u.is_empty())
+            }
+        }
+    )*};
+}
+
+impl_address_url!(Service, Route);
+
 /// The value of a Revision's `serving.knative.dev/routingState` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RoutingState {
