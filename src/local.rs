@@ -57,17 +57,13 @@ use async_trait::async_trait;
 use knative_build::executor::{LocalExecutor, LocalExecutorConfig, StepExecutor};
 use knative_build::reconciler::{Build, BuildObjects};
 use knative_core::apis::{Context, SetDefaults, Validate};
-use knative_core::runtime::Controller;
 use knative_core::store::{ApiObject, InMemoryStore, Objects, StoreError};
 use knative_eventing::broker::{Brokers, DispatchConfig, IngressConfig};
 use knative_eventing::channel::Channels;
 use knative_eventing::delivery::Sender;
 use knative_eventing::log::EventLog;
 use knative_eventing::reconciler::{
-    AddressResolver, BrokerReconciler, ChannelReconciler, ContainerSourceReconciler,
-    EventingAddresses, EventingObjects, InMemoryChannelReconciler, KindAddresses,
-    ParallelReconciler, PingScheduler, PingSourceReconciler, SequenceReconciler,
-    SinkBindingReconciler, SubscriptionReconciler, TriggerReconciler,
+    AddressResolver, Eventing, EventingAddresses, EventingObjects, KindAddresses, PingScheduler,
 };
 use knative_serving::api::{Route, Service};
 use knative_serving::backend::WorkloadKey;
@@ -271,11 +267,7 @@ impl ServiceBindingTarget {
                 subject.api_version, subject.kind
             ));
         }
-        let ns = subject
-            .namespace
-            .as_deref()
-            .filter(|n| !n.is_empty())
-            .unwrap_or(namespace);
+        let ns = subject.namespace_or(namespace);
         if let Some(name) = subject.name.as_deref() {
             return match self.services.get(Some(ns), name).await {
                 Ok(service) => Ok(vec![service]),
@@ -538,25 +530,6 @@ impl Platform {
                 None,
             )),
         ));
-        let broker_controller = Controller::new(
-            Arc::clone(&eventing.brokers),
-            Arc::new(BrokerReconciler::new(
-                Arc::clone(&eventing.brokers),
-                brokers.clone(),
-                Arc::clone(&resolver),
-                format!("http://{broker_ingress}"),
-            )),
-        );
-        let trigger_controller = Controller::new(
-            Arc::clone(&eventing.triggers),
-            Arc::new(TriggerReconciler::new(
-                Arc::clone(&eventing.triggers),
-                Arc::clone(&eventing.brokers),
-                brokers.clone(),
-                Arc::clone(&resolver),
-            )),
-        );
-
         // Channels (and the Sequences and Parallels built of them) on the
         // same log, with their own ingress.
         let channels = Channels::with_sender(
@@ -570,12 +543,21 @@ impl Platform {
             .map_err(|e| start(&format!("channel port {}: {e}", config.channel_port)))?;
         let channel_ingress = channel_listener.local_addr().map_err(|e| start(&e))?;
         let pings = PingScheduler::with_sender(sender.clone(), Default::default());
-        let binding_target = Arc::new(ServiceBindingTarget {
-            services: Arc::clone(&objects.services),
-        });
-        let container_runner = Arc::new(LocalContainerRunner {
-            backend: backend.clone(),
-        });
+        let eventing_controllers = Eventing {
+            objects: eventing.clone(),
+            resolver,
+            brokers: brokers.clone(),
+            broker_url: format!("http://{broker_ingress}"),
+            channels: channels.clone(),
+            channel_url: format!("http://{channel_ingress}"),
+            pings: pings.clone(),
+            binding_target: Arc::new(ServiceBindingTarget {
+                services: Arc::clone(&objects.services),
+            }),
+            container_runner: Arc::new(LocalContainerRunner {
+                backend: backend.clone(),
+            }),
+        };
 
         // Build: TaskRuns' steps as local processes.
         let build_objects = BuildObjects::in_memory(&store);
@@ -592,83 +574,14 @@ impl Platform {
             let _ = rx.wait_for(|s| *s).await;
         };
         let events: Arc<Mutex<VecDeque<SeenEvent>>> = Arc::default();
+        let stopped_eventing = stopped.clone();
         let mut tasks = vec![
             tokio::spawn(serving.run(until(stopped.clone()))),
-            tokio::spawn(broker_controller.run(until(stopped.clone()))),
-            tokio::spawn(trigger_controller.run(until(stopped.clone()))),
-            tokio::spawn(
-                InMemoryChannelReconciler::new(
-                    Arc::clone(&eventing.in_memory_channels),
-                    channels.clone(),
-                    Arc::clone(&resolver),
-                    format!("http://{channel_ingress}"),
-                )
-                .into_controller()
-                .run(until(stopped.clone())),
-            ),
-            tokio::spawn(
-                ChannelReconciler::new(
-                    Arc::clone(&eventing.channels),
-                    Arc::clone(&eventing.in_memory_channels),
-                )
-                .into_controller()
-                .run(until(stopped.clone())),
-            ),
-            tokio::spawn(
-                SubscriptionReconciler::new(
-                    Arc::clone(&eventing.subscriptions),
-                    Arc::clone(&eventing.channels),
-                    Arc::clone(&eventing.in_memory_channels),
-                    Arc::clone(&resolver),
-                )
-                .into_controller()
-                .run(until(stopped.clone())),
-            ),
-            tokio::spawn(
-                SequenceReconciler::new(
-                    Arc::clone(&eventing.sequences),
-                    Arc::clone(&eventing.in_memory_channels),
-                    Arc::clone(&eventing.subscriptions),
-                )
-                .into_controller()
-                .run(until(stopped.clone())),
-            ),
-            tokio::spawn(
-                ParallelReconciler::new(
-                    Arc::clone(&eventing.parallels),
-                    Arc::clone(&eventing.in_memory_channels),
-                    Arc::clone(&eventing.subscriptions),
-                )
-                .into_controller()
-                .run(until(stopped.clone())),
-            ),
-            tokio::spawn(
-                PingSourceReconciler::new(
-                    Arc::clone(&eventing.ping_sources),
-                    Arc::clone(&resolver),
-                    pings.clone(),
-                )
-                .into_controller()
-                .run(until(stopped.clone())),
-            ),
-            tokio::spawn(
-                SinkBindingReconciler::new(
-                    Arc::clone(&eventing.sink_bindings),
-                    Arc::clone(&resolver),
-                    binding_target as Arc<dyn knative_eventing::reconciler::BindingTarget>,
-                )
-                .into_controller()
-                .run(until(stopped.clone())),
-            ),
-            tokio::spawn(
-                ContainerSourceReconciler::new(
-                    Arc::clone(&eventing.container_sources),
-                    Arc::clone(&resolver),
-                    container_runner as Arc<dyn knative_eventing::reconciler::ContainerRunner>,
-                )
-                .into_controller()
-                .run(until(stopped.clone())),
-            ),
+            tokio::spawn(async move {
+                eventing_controllers
+                    .run(None, until(stopped_eventing))
+                    .await;
+            }),
             tokio::spawn(build.run(until(stopped.clone()))),
         ];
         let shutdown = until(stopped.clone());

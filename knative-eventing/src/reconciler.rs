@@ -58,12 +58,14 @@ use crate::filter::Filter;
 use crate::log::LogError;
 
 mod addresses;
+mod composition;
 mod flows;
 mod messaging;
 mod sources;
 pub mod testing;
 
 pub use addresses::{EventingAddresses, EventingObjects};
+pub use composition::Eventing;
 pub use flows::{
     ParallelBranchChildren, ParallelChildren, ParallelReconciler, SequenceChildren,
     SequenceReconciler, parallel_children, sequence_children,
@@ -129,20 +131,6 @@ pub fn is_controlled_by(meta: &ObjectMeta, owner_uid: Option<&str>) -> bool {
         .iter()
         .flatten()
         .any(|r| r.controller == Some(true) && r.uid == uid)
-}
-
-/// The group of an `apiVersion` (`messaging.knative.dev/v1` →
-/// `messaging.knative.dev`; the core `v1` → ``).
-pub(crate) fn group_of(api_version: &str) -> &str {
-    api_version.rsplit_once('/').map_or("", |(group, _)| group)
-}
-
-/// The group a reference names: from its `apiVersion`, else its `group`.
-pub(crate) fn reference_group(reference: &KReference) -> &str {
-    match reference.api_version.as_deref().filter(|v| !v.is_empty()) {
-        Some(v) => group_of(v),
-        None => reference.group.as_deref().unwrap_or_default(),
-    }
 }
 
 /// The namespace and name of an object (empty strings when unset).
@@ -255,18 +243,8 @@ impl<K: ApiObject> AddressResolver for KindAddresses<K> {
         reference: &KReference,
         namespace: &str,
     ) -> Result<String, String> {
-        let ns = reference
-            .namespace
-            .as_deref()
-            .filter(|n| !n.is_empty())
-            .unwrap_or(namespace);
-        let group = reference
-            .api_version
-            .as_deref()
-            .or(reference.group.as_deref())
-            .map(|v| v.split_once('/').map_or(v, |(g, _)| g))
-            .unwrap_or("");
-        if reference.kind == self.kind && group == self.group {
+        let ns = reference.namespace_or(namespace);
+        if reference.kind == self.kind && reference.api_group() == self.group {
             let what = format!("{} {ns}/{}", self.kind, reference.name);
             let object = self
                 .objects
@@ -289,15 +267,24 @@ impl<K: ApiObject> AddressResolver for KindAddresses<K> {
 
 /// Resolves references to Brokers (their ingress address) and delegates
 /// every other kind to `next`, if any.
-pub struct BrokerAddresses {
-    brokers: Arc<dyn Objects<Broker>>,
-    next: Option<Arc<dyn AddressResolver>>,
+pub struct BrokerAddresses(KindAddresses<Broker>);
+
+impl std::fmt::Debug for BrokerAddresses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerAddresses").finish_non_exhaustive()
+    }
 }
 
 impl BrokerAddresses {
     /// Broker references looked up in `brokers`; other kinds go to `next`.
     pub fn new(brokers: Arc<dyn Objects<Broker>>, next: Option<Arc<dyn AddressResolver>>) -> Self {
-        BrokerAddresses { brokers, next }
+        BrokerAddresses(KindAddresses::new(
+            crate::api::GROUP,
+            "Broker",
+            brokers,
+            |broker: &Broker| broker.status.as_ref()?.address.as_ref()?.url.clone(),
+            next,
+        ))
     }
 }
 
@@ -308,37 +295,7 @@ impl AddressResolver for BrokerAddresses {
         reference: &KReference,
         namespace: &str,
     ) -> Result<String, String> {
-        let ns = reference
-            .namespace
-            .as_deref()
-            .filter(|n| !n.is_empty())
-            .unwrap_or(namespace);
-        let is_broker = reference.kind == "Broker"
-            && reference
-                .api_version
-                .as_deref()
-                .or(reference.group.as_deref())
-                .is_some_and(|v| v.starts_with(crate::api::GROUP));
-        if is_broker {
-            let broker = self
-                .brokers
-                .get(Some(ns), &reference.name)
-                .await
-                .map_err(|e| format!("broker {ns}/{}: {e}", reference.name))?;
-            return broker
-                .status
-                .as_ref()
-                .and_then(|s| s.address.as_ref())
-                .and_then(|a| a.url.clone())
-                .ok_or_else(|| format!("broker {ns}/{} has no address yet", reference.name));
-        }
-        match &self.next {
-            Some(next) => next.resolve_reference(reference, namespace).await,
-            None => Err(format!(
-                "cannot resolve {} {ns}/{}: no resolver for this kind",
-                reference.kind, reference.name
-            )),
-        }
+        self.0.resolve_reference(reference, namespace).await
     }
 }
 

@@ -284,15 +284,6 @@ fn env_patch(
     patch
 }
 
-/// The namespace a subject is in: its own, else the binding's.
-fn subject_namespace<'a>(subject: &'a BindingSubject, namespace: &'a str) -> &'a str {
-    subject
-        .namespace
-        .as_deref()
-        .filter(|n| !n.is_empty())
-        .unwrap_or(namespace)
-}
-
 /// The label selector of `selector` as a query string.
 fn selector_query(selector: &LabelSelector) -> Result<Selector, String> {
     Selector::try_from(selector.clone()).map_err(|e| format!("subject.selector: {e}"))
@@ -385,7 +376,7 @@ impl KubeBindingTarget {
         missing: Missing,
         edit: &(dyn Fn(&mut Value) -> Vec<&'static str> + Send + Sync),
     ) -> Result<(), String> {
-        let ns = subject_namespace(subject, namespace);
+        let ns = subject.namespace_or(namespace);
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), ns, &kind.resource());
         let params = PatchParams {

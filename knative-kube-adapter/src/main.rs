@@ -81,10 +81,7 @@ use knative_eventing::delivery::Sender;
 use knative_eventing::log::nats::{NatsLog, NatsLogConfig};
 use knative_eventing::log::{EventLog, InMemoryLog};
 use knative_eventing::reconciler::{
-    AddressResolver, BindingTarget, BrokerReconciler, ChannelReconciler, ContainerRunner,
-    ContainerSourceReconciler, EventingAddresses, EventingObjects, InMemoryChannelReconciler,
-    KindAddresses, ParallelReconciler, PingScheduler, PingSourceReconciler, SequenceReconciler,
-    SinkBindingReconciler, SubscriptionReconciler, TriggerReconciler,
+    AddressResolver, Eventing, EventingAddresses, EventingObjects, KindAddresses, PingScheduler,
 };
 use knative_kube_adapter::backend::route_services::RouteServicesError;
 use knative_kube_adapter::backend::{
@@ -664,20 +661,11 @@ impl AddressResolver for CoreServiceAddresses {
         reference: &KReference,
         namespace: &str,
     ) -> Result<String, String> {
-        let ns = reference
-            .namespace
-            .as_deref()
-            .filter(|n| !n.is_empty())
-            .unwrap_or(namespace);
-        let api_version = reference
-            .api_version
-            .as_deref()
-            .or(reference.group.as_deref())
-            .unwrap_or("");
+        let ns = reference.namespace_or(namespace);
         let name = &reference.name;
-        match (api_version, reference.kind.as_str()) {
-            ("v1" | "", "Service") => Ok(format!("http://{name}.{ns}.svc.cluster.local")),
-            (v, kind) => Err(format!("cannot resolve {kind} ({v}) {ns}/{name}")),
+        match (reference.api_group(), reference.kind.as_str()) {
+            ("", "Service") => Ok(format!("http://{name}.{ns}.svc.cluster.local")),
+            (group, kind) => Err(format!("cannot resolve {kind} ({group}) {ns}/{name}")),
         }
     }
 }
@@ -731,6 +719,18 @@ fn scoped<K: ApiObject, R: Reconciler<K>>(
         Some(ns) => controller.namespace(ns),
         None => controller,
     }
+}
+
+/// Spawns a data plane's `serve`, logging the error it stopped with.
+fn spawn_logged(
+    what: &'static str,
+    served: impl Future<Output = std::io::Result<()>> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = served.await {
+            tracing::error!(error = %e, "{what} stopped");
+        }
+    })
 }
 
 /// Runs every wired controller and data plane until `stop` completes.
@@ -836,24 +836,6 @@ async fn operate(
     let broker_listener = tokio::net::TcpListener::bind(args.broker_addr)
         .await
         .map_err(|e| format!("--broker-addr {}: {e}", args.broker_addr))?;
-    let broker_controller = Controller::new(
-        Arc::clone(&eventing.brokers),
-        Arc::new(BrokerReconciler::new(
-            Arc::clone(&eventing.brokers),
-            brokers.clone(),
-            Arc::clone(&resolver),
-            args.broker_url.clone(),
-        )),
-    );
-    let trigger_controller = Controller::new(
-        Arc::clone(&eventing.triggers),
-        Arc::new(TriggerReconciler::new(
-            Arc::clone(&eventing.triggers),
-            Arc::clone(&eventing.brokers),
-            brokers.clone(),
-            Arc::clone(&resolver),
-        )),
-    );
     let route_services_controller = Controller::new(
         Arc::clone(&serving_objects.routes),
         Arc::new(RouteServicesReconciler {
@@ -866,76 +848,31 @@ async fn operate(
             ),
         }),
     );
-    let in_memory_channel_controller = InMemoryChannelReconciler::new(
-        Arc::clone(&eventing.in_memory_channels),
-        channels.clone(),
-        Arc::clone(&resolver),
-        args.channel_url.clone(),
-    )
-    .into_controller();
-    let channel_controller = ChannelReconciler::new(
-        Arc::clone(&eventing.channels),
-        Arc::clone(&eventing.in_memory_channels),
-    )
-    .into_controller();
-    let subscription_controller = SubscriptionReconciler::new(
-        Arc::clone(&eventing.subscriptions),
-        Arc::clone(&eventing.channels),
-        Arc::clone(&eventing.in_memory_channels),
-        Arc::clone(&resolver),
-    )
-    .into_controller();
-    let sequence_controller = SequenceReconciler::new(
-        Arc::clone(&eventing.sequences),
-        Arc::clone(&eventing.in_memory_channels),
-        Arc::clone(&eventing.subscriptions),
-    )
-    .into_controller();
-    let parallel_controller = ParallelReconciler::new(
-        Arc::clone(&eventing.parallels),
-        Arc::clone(&eventing.in_memory_channels),
-        Arc::clone(&eventing.subscriptions),
-    )
-    .into_controller();
-    let ping_source_controller = PingSourceReconciler::new(
-        Arc::clone(&eventing.ping_sources),
-        Arc::clone(&resolver),
-        pings.clone(),
-    )
-    .into_controller();
-    let binding_target: Arc<dyn BindingTarget> = Arc::new(KubeBindingTarget::with_field_manager(
-        client.clone(),
-        FIELD_MANAGER,
-    ));
-    let sink_binding_controller = SinkBindingReconciler::new(
-        Arc::clone(&eventing.sink_bindings),
-        Arc::clone(&resolver),
-        binding_target,
-    )
-    .into_controller();
-    let container_runner: Arc<dyn ContainerRunner> = Arc::new(
-        KubeContainerRunner::with_field_manager(client.clone(), FIELD_MANAGER),
-    );
-    let container_source_controller = ContainerSourceReconciler::new(
-        Arc::clone(&eventing.container_sources),
-        Arc::clone(&resolver),
-        container_runner,
-    )
-    .into_controller();
+    let eventing_controllers = Eventing {
+        objects: eventing.clone(),
+        resolver: Arc::clone(&resolver),
+        brokers: brokers.clone(),
+        broker_url: args.broker_url.clone(),
+        channels: channels.clone(),
+        channel_url: args.channel_url.clone(),
+        pings: pings.clone(),
+        binding_target: Arc::new(KubeBindingTarget::with_field_manager(
+            client.clone(),
+            FIELD_MANAGER,
+        )),
+        container_runner: Arc::new(KubeContainerRunner::with_field_manager(
+            client.clone(),
+            FIELD_MANAGER,
+        )),
+    };
 
     let mut tasks = vec![
         tokio::spawn(serving.run(until())),
-        tokio::spawn(scoped(broker_controller, ns).run(until())),
-        tokio::spawn(scoped(trigger_controller, ns).run(until())),
+        tokio::spawn({
+            let (shutdown, ns) = (until(), ns.map(str::to_owned));
+            async move { eventing_controllers.run(ns.as_deref(), shutdown).await }
+        }),
         tokio::spawn(scoped(route_services_controller, ns).run(until())),
-        tokio::spawn(scoped(in_memory_channel_controller, ns).run(until())),
-        tokio::spawn(scoped(channel_controller, ns).run(until())),
-        tokio::spawn(scoped(subscription_controller, ns).run(until())),
-        tokio::spawn(scoped(sequence_controller, ns).run(until())),
-        tokio::spawn(scoped(parallel_controller, ns).run(until())),
-        tokio::spawn(scoped(ping_source_controller, ns).run(until())),
-        tokio::spawn(scoped(sink_binding_controller, ns).run(until())),
-        tokio::spawn(scoped(container_source_controller, ns).run(until())),
         // ApiServerSource: see apiserver_source.rs
         tokio::spawn({
             let (client, sources) = (client.clone(), Arc::clone(&eventing.api_server_sources));
@@ -953,31 +890,17 @@ async fn operate(
                 scoped(controller, ns.as_deref()).run(shutdown).await;
             }
         }),
-        tokio::spawn({
+        spawn_logged("ingress", {
             let shutdown = until();
-            async move {
-                if let Err(e) = dataplane.serve(ingress, shutdown).await {
-                    tracing::error!(error = %e, "ingress stopped");
-                }
-            }
+            async move { dataplane.serve(ingress, shutdown).await }
         }),
-        tokio::spawn({
-            let shutdown = until();
-            let brokers = brokers.clone();
-            async move {
-                if let Err(e) = brokers.serve(broker_listener, shutdown).await {
-                    tracing::error!(error = %e, "broker ingress stopped");
-                }
-            }
+        spawn_logged("broker ingress", {
+            let (shutdown, brokers) = (until(), brokers.clone());
+            async move { brokers.serve(broker_listener, shutdown).await }
         }),
-        tokio::spawn({
-            let shutdown = until();
-            let channels = channels.clone();
-            async move {
-                if let Err(e) = channels.serve(channel_listener, shutdown).await {
-                    tracing::error!(error = %e, "channel ingress stopped");
-                }
-            }
+        spawn_logged("channel ingress", {
+            let (shutdown, channels) = (until(), channels.clone());
+            async move { channels.serve(channel_listener, shutdown).await }
         }),
         tokio::spawn({
             let shutdown = until();

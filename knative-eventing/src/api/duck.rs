@@ -31,7 +31,32 @@ pub struct KReference {
     pub address: Option<String>,
 }
 
+/// The group of an `apiVersion` (`messaging.knative.dev/v1` →
+/// `messaging.knative.dev`; the core `v1` → ``).
+pub(crate) fn group_of(api_version: &str) -> &str {
+    api_version.rsplit_once('/').map_or("", |(group, _)| group)
+}
+
 impl KReference {
+    /// The API group it names: from its `apiVersion`
+    /// (`serving.knative.dev/v1` → `serving.knative.dev`, the core `v1` →
+    /// ``), else its `group`.
+    pub fn api_group(&self) -> &str {
+        match self.api_version.as_deref().filter(|v| !v.is_empty()) {
+            Some(v) => group_of(v),
+            None => self.group.as_deref().unwrap_or_default(),
+        }
+    }
+
+    /// Its namespace, or `default` when it names none (references default
+    /// to the referring object's namespace).
+    pub fn namespace_or<'a>(&'a self, default: &'a str) -> &'a str {
+        self.namespace
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(default)
+    }
+
     /// Checks the required fields.
     pub fn validate(&self) -> FieldError {
         let mut errs = FieldError::none();

@@ -437,6 +437,17 @@ pub struct BindingSubject {
     pub selector: Option<LabelSelector>,
 }
 
+impl BindingSubject {
+    /// The namespace the subject is in: its own, else `default` (the
+    /// binding's).
+    pub fn namespace_or<'a>(&'a self, default: &'a str) -> &'a str {
+        self.namespace
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(default)
+    }
+}
+
 /// A SinkBinding's spec: inject the sink (`K_SINK`, `K_CE_OVERRIDES`) into
 /// the subject's pods.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

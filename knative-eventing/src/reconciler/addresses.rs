@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use knative_core::store::{ApiObject, InMemoryStore, Objects};
 
-use super::{AddressResolver, BrokerAddresses, reference_group};
+use super::{AddressResolver, BrokerAddresses};
 use crate::api::{
     Addressable, ApiServerSource, Broker, Channel, ContainerSource, InMemoryChannel, KReference,
     Parallel, PingSource, Sequence, SinkBinding, Subscription, Trigger, flows, messaging,
@@ -142,12 +142,8 @@ impl AddressResolver for EventingAddresses {
         reference: &KReference,
         namespace: &str,
     ) -> Result<String, String> {
-        let ns = reference
-            .namespace
-            .as_deref()
-            .filter(|n| !n.is_empty())
-            .unwrap_or(namespace);
-        match (reference_group(reference), reference.kind.as_str()) {
+        let ns = reference.namespace_or(namespace);
+        match (reference.api_group(), reference.kind.as_str()) {
             (messaging::GROUP, "InMemoryChannel") => {
                 let imc = fetch(&*self.in_memory_channels, reference, ns).await?;
                 let status = imc.status.unwrap_or_default();

@@ -45,8 +45,7 @@ use tracing::{Instrument, debug, info_span};
 
 use super::{
     AddressResolver, RECHECK, ReconcileError, controller_reference, has_finalizer,
-    is_controlled_by, namespace_and_name, reference_group, resolve_destination, set_finalizer,
-    write_status,
+    is_controlled_by, namespace_and_name, resolve_destination, set_finalizer, write_status,
 };
 use crate::api::messaging::{GROUP, IN_MEMORY_CHANNEL_KIND};
 use crate::api::{
@@ -78,7 +77,8 @@ fn subscriber_key(entry: &SubscriberSpec, index: usize) -> String {
 /// Whether a template names an InMemoryChannel (`messaging.knative.dev`,
 /// any version).
 fn is_in_memory_channel_template(template: &ChannelTemplateSpec) -> bool {
-    template.kind == IN_MEMORY_CHANNEL_KIND && super::group_of(&template.api_version) == GROUP
+    template.kind == IN_MEMORY_CHANNEL_KIND
+        && crate::api::duck::group_of(&template.api_version) == GROUP
 }
 
 /// The spec an InMemoryChannel gets from `template`: its `spec` read as an
@@ -530,7 +530,7 @@ enum ChannelKind {
 
 impl ChannelKind {
     fn of(reference: &KReference) -> Option<ChannelKind> {
-        if reference_group(reference) != GROUP {
+        if reference.api_group() != GROUP {
             return None;
         }
         match reference.kind.as_str() {
