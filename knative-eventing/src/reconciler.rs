@@ -320,7 +320,8 @@ fn trigger_conditions() -> ConditionSet {
     ])
 }
 
-fn has_finalizer<K: ApiObject>(object: &K, finalizer: &str) -> bool {
+/// Whether `object` carries `finalizer`.
+pub fn has_finalizer<K: ApiObject>(object: &K, finalizer: &str) -> bool {
     object
         .meta()
         .finalizers
@@ -329,8 +330,9 @@ fn has_finalizer<K: ApiObject>(object: &K, finalizer: &str) -> bool {
         .any(|f| f == finalizer)
 }
 
-/// Adds or removes `finalizer` and writes the object.
-async fn set_finalizer<K: ApiObject + Clone>(
+/// Adds or removes `finalizer` and writes the object (removing it from an
+/// object that is already gone is not an error).
+pub async fn set_finalizer<K: ApiObject + Clone>(
     objects: &dyn Objects<K>,
     object: &K,
     finalizer: &str,

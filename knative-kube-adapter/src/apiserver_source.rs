@@ -79,7 +79,9 @@ use knative_eventing::api::{
     ApiVersionKindSelector, CeOverrides, CloudEventAttributes, EventMode, RetryPolicy,
 };
 use knative_eventing::delivery::{Outcome, Sender, Target};
-use knative_eventing::reconciler::{AddressResolver, resolve_destination};
+use knative_eventing::reconciler::{
+    AddressResolver, has_finalizer, resolve_destination, set_finalizer,
+};
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::core::Selector;
@@ -761,15 +763,15 @@ impl ApiServerSourceReconciler {
         name: String,
     ) -> Result<Action, ApiServerSourceError> {
         if source.metadata.deletion_timestamp.is_some() {
-            if has_finalizer(&source) {
+            if has_finalizer(&*source, API_SERVER_SOURCE_FINALIZER) {
                 self.watchers.stop(&ns, &name);
-                set_finalizer(&*self.sources, &source, false).await?;
+                set_finalizer(&*self.sources, &*source, API_SERVER_SOURCE_FINALIZER, false).await?;
                 debug!("watches stopped");
             }
             return Ok(Action::await_change());
         }
-        if !has_finalizer(&source) {
-            set_finalizer(&*self.sources, &source, true).await?;
+        if !has_finalizer(&*source, API_SERVER_SOURCE_FINALIZER) {
+            set_finalizer(&*self.sources, &*source, API_SERVER_SOURCE_FINALIZER, true).await?;
             return Ok(Action::await_change());
         }
         let mut status: ApiServerSourceStatus = source.status.clone().unwrap_or_default();
@@ -929,34 +931,6 @@ fn mark_watches(
     } else {
         m.mark_true(ApiServerSource::CONDITION_DEPLOYED);
         None
-    }
-}
-
-fn has_finalizer(source: &ApiServerSource) -> bool {
-    source
-        .metadata
-        .finalizers
-        .iter()
-        .flatten()
-        .any(|f| f == API_SERVER_SOURCE_FINALIZER)
-}
-
-/// Adds or removes the finalizer and writes the source.
-async fn set_finalizer(
-    sources: &dyn Objects<ApiServerSource>,
-    source: &ApiServerSource,
-    present: bool,
-) -> Result<(), StoreError> {
-    let mut updated = source.clone();
-    let list = updated.metadata.finalizers.get_or_insert_with(Vec::new);
-    if present {
-        list.push(API_SERVER_SOURCE_FINALIZER.to_owned());
-    } else {
-        list.retain(|f| f != API_SERVER_SOURCE_FINALIZER);
-    }
-    match sources.replace(&updated).await {
-        Err(e) if !present && e.is_not_found() => Ok(()),
-        other => other.map(|_| ()),
     }
 }
 
