@@ -388,7 +388,8 @@ impl knative_eventing::reconciler::ContainerRunner for LocalContainerRunner {
         template: k8s_openapi::api::core::v1::PodTemplateSpec,
     ) -> Result<(), String> {
         use knative_serving::backend::{WorkloadBackend as _, WorkloadSpec};
-        let mut containers = template.spec.map(|p| p.containers).unwrap_or_default();
+        let mut pod = template.spec.unwrap_or_default();
+        let mut containers = std::mem::take(&mut pod.containers);
         if containers.is_empty() {
             return Err("template.spec.containers: missing field".to_owned());
         }
@@ -404,9 +405,10 @@ impl knative_eventing::reconciler::ContainerRunner for LocalContainerRunner {
                 });
             }
         }
-        let labels = template
-            .metadata
-            .and_then(|m| m.labels)
+        let metadata = template.metadata.unwrap_or_default();
+        let labels = metadata.labels.unwrap_or_default().into_iter().collect();
+        let annotations = metadata
+            .annotations
             .unwrap_or_default()
             .into_iter()
             .collect();
@@ -414,9 +416,11 @@ impl knative_eventing::reconciler::ContainerRunner for LocalContainerRunner {
         let spec = WorkloadSpec {
             key: key.clone(),
             containers,
+            pod,
             serving_container: 0,
             container_port: 8080,
             labels,
+            annotations,
             termination_grace_period: Duration::from_secs(10),
             container_concurrency: 0,
             response_start_timeout: None,

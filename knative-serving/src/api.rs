@@ -76,6 +76,9 @@ pub mod keys {
     pub const ROUTES: &str = "serving.knative.dev/routes";
     /// Label on Configurations: the Route that follows its latest revision.
     pub const ROUTE: &str = "serving.knative.dev/route";
+    /// Annotation on Revisions: when a Route last pointed at it (the
+    /// labeler of older releases).
+    pub const LAST_PINNED: &str = "serving.knative.dev/lastPinned";
     /// Annotation on Revisions: never garbage-collect it.
     pub const NO_GC: &str = "serving.knative.dev/no-gc";
     /// Annotation: who created the object.

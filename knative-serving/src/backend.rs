@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::Container;
+use k8s_openapi::api::core::v1::{Container, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use tokio::sync::watch;
 
@@ -52,6 +52,13 @@ pub struct WorkloadSpec {
     pub key: WorkloadKey,
     /// The revision's containers as written in its spec.
     pub containers: Vec<Container>,
+    /// The revision's pod-level fields (`volumes`, `serviceAccountName`,
+    /// `imagePullSecrets`, `initContainers`, `securityContext`,
+    /// `nodeSelector`, `tolerations`, `affinity`, …) with `containers`
+    /// left empty: the containers are [`WorkloadSpec::containers`].
+    /// Backends that run pods carry these over; backends that run processes
+    /// may ignore them.
+    pub pod: PodSpec,
     /// Index in `containers` of the serving container (the one with a port,
     /// or the only one).
     pub serving_container: usize,
@@ -62,6 +69,11 @@ pub struct WorkloadSpec {
     /// Labels for the replicas (the revision's labels plus
     /// `serving.knative.dev/revision`).
     pub labels: BTreeMap<String, String>,
+    /// Annotations for what the backend creates and for the replicas: the
+    /// revision's, less the ones Knative keeps for itself on revisions
+    /// (`lastPinned`, `no-gc`, `routingStateModified`, `routes`) and the
+    /// `autoscaling.knative.dev/` settings.
+    pub annotations: BTreeMap<String, String>,
     /// How long a replica gets between SIGTERM and SIGKILL
     /// (`timeoutSeconds` in Knative).
     pub termination_grace_period: Duration,
@@ -187,9 +199,11 @@ mod tests {
         let spec = WorkloadSpec {
             key: key.clone(),
             containers: vec![Container::default()],
+            pod: PodSpec::default(),
             serving_container: 0,
             container_port: 8080,
             labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
             termination_grace_period: Duration::from_secs(30),
             container_concurrency: 0,
             response_start_timeout: None,

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, EnvVarSource, ExecAction, HTTPGetAction, ObjectFieldSelector, Probe,
+    Container, EnvVar, EnvVarSource, ExecAction, HTTPGetAction, ObjectFieldSelector, PodSpec, Probe,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use knative_serving::backend::local::{LocalBackend, LocalCommand, LocalConfig, Stream};
@@ -45,6 +45,7 @@ fn spec(revision: &str, container: Container, grace: Duration) -> WorkloadSpec {
     WorkloadSpec {
         key: WorkloadKey::new("default", revision),
         containers: vec![container],
+        pod: PodSpec::default(),
         serving_container: 0,
         container_port: 8080,
         labels: BTreeMap::from([
@@ -55,6 +56,7 @@ fn spec(revision: &str, container: Container, grace: Duration) -> WorkloadSpec {
             ),
             ("serving.knative.dev/revision".into(), revision.into()),
         ]),
+        annotations: BTreeMap::new(),
         termination_grace_period: grace,
         container_concurrency: 0,
         response_start_timeout: None,

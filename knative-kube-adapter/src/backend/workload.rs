@@ -642,6 +642,10 @@ fn add_queue_proxy(
     })
 }
 
+/// The pod annotation naming the container `kubectl logs` and `kubectl
+/// exec` pick when none is given: the serving container.
+pub const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
+
 /// The Deployment running `spec`'s replicas, with `replicas` replicas.
 ///
 /// Fails with [`BackendError::Unsupported`] when the spec has no
@@ -683,8 +687,23 @@ pub fn desired_deployment(
     }
     let grace = i64::try_from(spec.termination_grace_period.as_secs()).unwrap_or(i64::MAX);
     let deadline = i32::try_from(config.progress_deadline.as_secs()).unwrap_or(i32::MAX);
+    let annotations = (!spec.annotations.is_empty()).then(|| spec.annotations.clone());
+    // As upstream: the pods also name the serving container as kubectl's
+    // default (for `kubectl logs` and `exec`).
+    let mut pod_annotations = spec.annotations.clone();
+    if let Some(serving) = containers.get(spec.serving_container)
+        && !serving.name.is_empty()
+    {
+        pod_annotations.insert(
+            DEFAULT_CONTAINER_ANNOTATION.to_owned(),
+            serving.name.clone(),
+        );
+    }
     Ok(Deployment {
-        metadata: object_meta(spec, deployment_name(&spec.key.revision)),
+        metadata: ObjectMeta {
+            annotations,
+            ..object_meta(spec, deployment_name(&spec.key.revision))
+        },
         spec: DeploymentSpec {
             replicas: Some(i32::try_from(replicas).unwrap_or(i32::MAX)),
             selector: LabelSelector {
@@ -695,13 +714,18 @@ pub fn desired_deployment(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(spec.labels.clone()),
+                    annotations: (!pod_annotations.is_empty()).then_some(pod_annotations),
                     ..ObjectMeta::default()
                 }),
+                // The revision's own pod fields (volumes, service account,
+                // pull secrets, init containers, scheduling, …) as written;
+                // Knative sets the grace period to the revision's timeout
+                // and turns service links off unless the revision asks.
                 spec: Some(PodSpec {
                     containers,
-                    enable_service_links: Some(false),
+                    enable_service_links: spec.pod.enable_service_links.or(Some(false)),
                     termination_grace_period_seconds: Some(grace),
-                    ..PodSpec::default()
+                    ..spec.pod.clone()
                 }),
             },
             ..DeploymentSpec::default()

@@ -1496,15 +1496,17 @@ impl LogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, HTTPGetAction};
+    use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, HTTPGetAction, PodSpec};
 
     fn spec(container: Container) -> WorkloadSpec {
         WorkloadSpec {
             key: WorkloadKey::new("default", "hello-00001"),
             containers: vec![container],
+            pod: PodSpec::default(),
             serving_container: 0,
             container_port: 8080,
             labels: BTreeMap::from([(SERVICE_LABEL.to_owned(), "hello".to_owned())]),
+            annotations: BTreeMap::new(),
             termination_grace_period: Duration::from_secs(1),
             container_concurrency: 0,
             response_start_timeout: None,

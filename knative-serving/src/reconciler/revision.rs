@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use k8s_openapi::api::core::v1::PodSpec;
 use knative_core::condition::{ConditionSet, ConditionStatus};
 use knative_core::runtime::{Action, Handle, Reconciler};
 use knative_core::store::{ObjectKey, Objects};
@@ -76,7 +77,20 @@ pub fn workload_spec(revision: &Revision, config: &ServingConfig) -> WorkloadSpe
         .labels
         .iter()
         .flatten()
-        .filter(|(k, _)| k.as_str() != keys::ROUTING_STATE)
+        .filter(|(k, _)| !matches!(k.as_str(), keys::ROUTING_STATE | keys::ROUTE))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let annotations = revision
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                keys::LAST_PINNED | keys::NO_GC | keys::ROUTING_STATE_MODIFIED | keys::ROUTES
+            ) && !k.starts_with(keys::AUTOSCALING_PREFIX)
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let name = revision.metadata.name.clone().unwrap_or_default();
@@ -111,9 +125,14 @@ pub fn workload_spec(revision: &Revision, config: &ServingConfig) -> WorkloadSpe
             name,
         ),
         containers: spec.pod_spec.containers.clone(),
+        pod: PodSpec {
+            containers: Vec::new(),
+            ..spec.pod_spec.clone()
+        },
         serving_container: spec.serving_container_index(),
         container_port: spec.container_port(),
         labels,
+        annotations,
         termination_grace_period: Duration::from_secs(timeout.max(0).unsigned_abs()),
         container_concurrency: u32::try_from(container_concurrency).unwrap_or(u32::MAX),
         response_start_timeout: seconds(response_start),

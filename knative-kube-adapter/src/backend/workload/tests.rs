@@ -38,6 +38,7 @@ fn spec(container: Container) -> WorkloadSpec {
     WorkloadSpec {
         key: WorkloadKey::new("default", "hello-00001"),
         containers: vec![container],
+        pod: PodSpec::default(),
         serving_container: 0,
         container_port: 8080,
         labels: BTreeMap::from([
@@ -47,6 +48,7 @@ fn spec(container: Container) -> WorkloadSpec {
             (keys::REVISION_UID.to_owned(), "rev-uid".to_owned()),
             ("app".to_owned(), "hello-00001".to_owned()),
         ]),
+        annotations: BTreeMap::new(),
         termination_grace_period: Duration::from_secs(300),
         container_concurrency: 0,
         response_start_timeout: None,
@@ -109,6 +111,122 @@ fn deployment_carries_upstream_names_labels_owner_and_selector() -> Result<(), B
     let names: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["user-container"], "no sidecar by default");
     assert_eq!(pod.containers[0].lifecycle, None);
+    Ok(())
+}
+
+/// A revision's own pod fields reach the Deployment's pod template as
+/// written, so existing manifests with volumes, a service account, pull
+/// secrets or init containers run; the grace period stays the revision's
+/// timeout.
+#[test]
+fn revision_pod_fields_reach_the_pod_template() -> Result<(), Box<dyn std::error::Error>> {
+    let revision: knative_serving::api::Revision = serde_json::from_value(json!({
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Revision",
+        "metadata": {
+            "name": "hello-00001",
+            "namespace": "default",
+            "uid": "rev-uid",
+            "labels": {
+                "serving.knative.dev/route": "hello",
+                "serving.knative.dev/routingState": "active",
+                "team": "web"
+            },
+            "annotations": {
+                "serving.knative.dev/routes": "hello",
+                "serving.knative.dev/routingStateModified": "2026-12-06T00:00:00Z",
+                "serving.knative.dev/lastPinned": "1700000000",
+                "serving.knative.dev/no-gc": "true",
+                "autoscaling.knative.dev/min-scale": "1",
+                "sidecar.istio.io/inject": "false"
+            }
+        },
+        "spec": {
+            "timeoutSeconds": 120,
+            "serviceAccountName": "builder",
+            "imagePullSecrets": [{"name": "regcred"}],
+            "nodeSelector": {"disktype": "ssd"},
+            "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "securityContext": {"runAsNonRoot": true},
+            "terminationGracePeriodSeconds": 5,
+            "volumes": [{"name": "config", "configMap": {"name": "app-config"}}],
+            "initContainers": [{"name": "migrate", "image": "migrate:1"}],
+            "containers": [{
+                "image": "hello:1",
+                "volumeMounts": [{"name": "config", "mountPath": "/etc/app"}]
+            }]
+        }
+    }))?;
+    let spec = knative_serving::reconciler::workload_spec(
+        &revision,
+        &knative_serving::config::ServingConfig::default(),
+    );
+    assert!(
+        spec.pod.containers.is_empty(),
+        "containers are not repeated"
+    );
+    let d = desired_deployment(&spec, 1, &KubeWorkloadConfig::default())?;
+    let pod = pod_spec(&d);
+    assert_eq!(pod.service_account_name.as_deref(), Some("builder"));
+    assert_eq!(
+        pod.image_pull_secrets.as_ref().map(|s| s[0].name.clone()),
+        Some("regcred".to_owned())
+    );
+    assert_eq!(
+        pod.node_selector
+            .as_ref()
+            .and_then(|n| n.get("disktype"))
+            .cloned(),
+        Some("ssd".to_owned())
+    );
+    assert_eq!(pod.tolerations.as_ref().map(Vec::len), Some(1));
+    assert_eq!(
+        pod.security_context
+            .as_ref()
+            .and_then(|c| c.run_as_non_root),
+        Some(true)
+    );
+    let volumes = pod.volumes.clone().unwrap_or_default();
+    assert_eq!(volumes.len(), 1);
+    assert_eq!(volumes[0].name, "config");
+    assert_eq!(
+        volumes[0].config_map.as_ref().map(|c| c.name.clone()),
+        Some("app-config".to_owned())
+    );
+    let init: Vec<&str> = pod
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(init, ["migrate"]);
+    assert_eq!(pod.containers.len(), 1);
+    assert_eq!(
+        pod.containers[0]
+            .volume_mounts
+            .as_ref()
+            .map(|m| m[0].mount_path.clone()),
+        Some("/etc/app".to_owned())
+    );
+    assert_eq!(pod.termination_grace_period_seconds, Some(120));
+    assert_eq!(pod.enable_service_links, Some(false));
+    // Labels and annotations as upstream filters them: routing state,
+    // route, Knative's own revision annotations and autoscaling settings
+    // stay on the Revision.
+    let template = d.spec.template.metadata.clone().unwrap_or_default();
+    let labels = template.labels.unwrap_or_default();
+    assert_eq!(labels.get("team").map(String::as_str), Some("web"));
+    assert!(!labels.contains_key("serving.knative.dev/route"));
+    assert!(!labels.contains_key("serving.knative.dev/routingState"));
+    let expected = BTreeMap::from([("sidecar.istio.io/inject".to_owned(), "false".to_owned())]);
+    assert_eq!(d.metadata.annotations.clone(), Some(expected.clone()));
+    let mut pod_expected = expected;
+    pod_expected.insert(
+        DEFAULT_CONTAINER_ANNOTATION.to_owned(),
+        pod.containers[0].name.clone(),
+    );
+    assert_eq!(pod.containers[0].name, "user-container");
+    assert_eq!(template.annotations, Some(pod_expected));
     Ok(())
 }
 
