@@ -400,10 +400,19 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|---|");
     // The load (producers, subscriber) and the broker on runtimes of
     // their own, so that the broker's CPU time can be measured apart.
+    // `LOAD_THREADS` / `BROKER_THREADS`: worker threads of each (2 each
+    // by default, one per core).
+    let threads = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(2)
+    };
     let load_threads: Threads = Arc::default();
     let recorded = Arc::clone(&load_threads);
     let load = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(threads("LOAD_THREADS"))
         .thread_name("load")
         .on_thread_start(move || {
             if let Ok(path) = std::fs::read_link("/proc/thread-self") {
@@ -417,7 +426,7 @@ fn main() {
         .build()
         .expect("runtime");
     let broker = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(threads("BROKER_THREADS"))
         .thread_name("broker")
         .enable_all()
         .build()
