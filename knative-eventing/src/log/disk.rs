@@ -397,6 +397,8 @@ impl DiskLog {
 struct AppendRequest {
     log: String,
     entries: Vec<Vec<u8>>,
+    /// The same events decoded, for the log's [`Tail`] once committed.
+    decoded: Vec<TailRecord>,
     reply: tokio::sync::oneshot::Sender<Result<Offset, LogError>>,
 }
 
@@ -595,7 +597,7 @@ type Reply = (
     Result<Offset, LogError>,
 );
 
-fn write_batch(inner: &Inner, batch: Vec<AppendRequest>) -> Vec<Reply> {
+fn write_batch(inner: &Inner, mut batch: Vec<AppendRequest>) -> Vec<Reply> {
     let _writer = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
     let name = inner.path.display().to_string();
     let fail_all = |batch: Vec<AppendRequest>, error: &LogError| -> Vec<Reply> {
@@ -648,6 +650,25 @@ fn write_batch(inner: &Inner, batch: Vec<AppendRequest>) -> Vec<Reply> {
         return fail_all(batch, &e);
     }
     inner.apply_noted_bases();
+    // The committed events join their logs' tails before the ends move:
+    // a dispatcher woken by the new end then reads them from memory, not
+    // from the file.
+    {
+        let mut tails = inner.tails.lock().unwrap_or_else(PoisonError::into_inner);
+        for (request, outcome) in batch.iter_mut().zip(&outcomes) {
+            let Ok(first) = outcome else { continue };
+            let decoded = std::mem::take(&mut request.decoded);
+            let tail = tails.entry(request.log.clone()).or_default();
+            for (offset, record) in (*first..).zip(decoded) {
+                if offset >= tail.floor {
+                    tail.records.insert(offset, record);
+                }
+            }
+            while tail.records.len() > TAIL_MAX {
+                tail.records.pop_first();
+            }
+        }
+    }
     {
         let mut senders = inner.ends.lock().unwrap_or_else(PoisonError::into_inner);
         for (log, next) in ends {
@@ -955,6 +976,7 @@ impl EventLog for DiskLog {
         let request = AppendRequest {
             log: log.to_owned(),
             entries: encoded,
+            decoded: kept,
             reply,
         };
         let sent = self
@@ -970,28 +992,15 @@ impl EventLog for DiskLog {
                 source: None,
             });
         }
-        let first = replied.await.unwrap_or_else(|_| {
+        // The writer thread put the events in the tail before it moved
+        // the end, so dispatchers woken by the end find them in memory.
+        replied.await.unwrap_or_else(|_| {
             Err(LogError::Storage {
                 log: log.to_owned(),
                 message: "the writer thread stopped".to_owned(),
                 source: None,
             })
-        })?;
-        let mut tails = self
-            .inner
-            .tails
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let tail = tails.entry(log.to_owned()).or_default();
-        for (offset, record) in (first..).zip(kept) {
-            if offset >= tail.floor {
-                tail.records.insert(offset, record);
-            }
-        }
-        while tail.records.len() > TAIL_MAX {
-            tail.records.pop_first();
-        }
-        Ok(first)
+        })
     }
 
     async fn read(&self, log: &str, from: Offset, max: usize) -> Result<Vec<Record>, LogError> {
