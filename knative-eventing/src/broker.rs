@@ -8,9 +8,9 @@
 //! `WebHook-Allowed-Rate: *`; any other method but `POST` → 405 (every
 //! response carries `Allow: POST, OPTIONS`); path `/` → 404; a path that
 //! is not `/{namespace}/{broker}` → 400; a body and headers that are not a
-//! valid CloudEvent → 400 with a body naming the problem (413 when too
-//! large; batches are refused as upstream does unless the limits allow
-//! them);
+//! valid CloudEvent → 400 with a body naming the problem (a body over
+//! the size limit and a malformed percent-encoding included; batches are
+//! refused as upstream does unless the limits allow them);
 //! unknown broker → 404; then `knativearrivaltime` is set and the TTL
 //! defaulted (`knativebrokerttl`: absent or not an integer → 255, else
 //! minus one); TTL ≤ 0 → 400 (the event is dropped: a reply loop ends
@@ -68,10 +68,12 @@ impl Default for IngressConfig {
     fn default() -> Self {
         IngressConfig {
             max_ttl: DEFAULT_MAX_TTL,
+            // `ce-` values are percent-decoded strictly (§7): a malformed
+            // escape or one that decodes to invalid UTF-8 is a 400. Set
+            // `limits.header_decoding` to `Lenient` to take raw `%` from
+            // SDKs that do not percent-encode (sdk-go, sdk-java).
             limits: binding::Limits {
                 allow_batch: false,
-                // Go and Java SDKs send raw `%` in ce- headers; Knative takes them.
-                header_decoding: binding::HeaderDecoding::Lenient,
                 ..binding::Limits::default()
             },
         }
@@ -545,8 +547,9 @@ where
 }
 
 /// Reads a request's body (within the limits) and the events in it; the
-/// error is the response to send: 413 when too large, 400 for anything
-/// else that is not valid CloudEvents (§1.3, §7).
+/// error is the response to send: 400 naming the problem for anything
+/// that is not valid CloudEvents, a body over the limit included (§1.3,
+/// §7).
 pub(crate) async fn read_events(
     headers: &hyper::HeaderMap,
     body: Incoming,
@@ -560,7 +563,7 @@ pub(crate) async fn read_events(
                 .is_some();
             return Err(if too_large {
                 reply(
-                    StatusCode::PAYLOAD_TOO_LARGE,
+                    StatusCode::BAD_REQUEST,
                     format!("body: larger than {} bytes", limits.max_body_bytes),
                 )
             } else {
@@ -570,14 +573,7 @@ pub(crate) async fn read_events(
     };
     match binding::read_request(headers, &body, limits) {
         Ok((_, events)) => Ok(events),
-        Err(e) => {
-            let status = if e.kind() == binding::BindingErrorKind::TooLarge {
-                StatusCode::PAYLOAD_TOO_LARGE
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            Err(reply(status, e.to_string()))
-        }
+        Err(e) => Err(reply(StatusCode::BAD_REQUEST, e.to_string())),
     }
 }
 
@@ -703,11 +699,24 @@ async fn process(handler: &TriggerHandler, record: Record) {
     // The subscriber, and the filter, see the event without its TTL (as
     // upstream's filter handler removes it first).
     let ttl = event.extension(TTL).cloned();
-    let mut outgoing = (**event).clone();
-    outgoing.remove_extension(TTL);
-    if !route.filter.evaluate(&outgoing).delivers() {
-        return;
-    }
+    // The copy without the TTL is made once the filter passed, unless the
+    // filter reads the TTL itself (then it must see it removed): a trigger
+    // that drops the event costs no copy.
+    let outgoing = if ttl.is_some() && route.filter.reads_extension(TTL) {
+        let mut outgoing = (**event).clone();
+        outgoing.remove_extension(TTL);
+        if !route.filter.evaluate(&outgoing).delivers() {
+            return;
+        }
+        outgoing
+    } else {
+        if !route.filter.evaluate(event).delivers() {
+            return;
+        }
+        let mut outgoing = (**event).clone();
+        outgoing.remove_extension(TTL);
+        outgoing
+    };
     let Some(inner) = handler.inner.upgrade() else {
         return;
     };

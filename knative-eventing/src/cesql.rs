@@ -301,6 +301,19 @@ pub struct Expression {
 }
 
 impl Expression {
+    /// The names of the context attributes the expression reads, each
+    /// once, in the order they first appear.
+    pub fn attributes(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        self.root.visit_attributes(&mut |a| {
+            let name = a.name();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        });
+        names
+    }
+
     /// Parses and compiles a CESQL expression.
     ///
     /// Unknown functions (or known names with an unsupported arity) are not parse errors: they

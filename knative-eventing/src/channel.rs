@@ -12,7 +12,7 @@
 //! `/{namespace}/{channel}` or by host
 //! `{channel}-kn-channel.{namespace}.svc.cluster.local` (any port, `/`
 //! path) that does not exist → 404; a request that is not valid
-//! CloudEvents → 400 naming the problem (413 when too large); the append
+//! CloudEvents → 400 naming the problem (a body over the limit too); the append
 //! failed → 500; else **202, once the log has the event**.
 //!
 //! Unlike upstream's InMemoryChannel, which answers only after every

@@ -179,6 +179,39 @@ enum Node {
 #[derive(Clone, Debug)]
 pub struct Filter {
     root: Node,
+    /// The extension attributes the filter reads (see
+    /// [`Filter::reads_extension`]).
+    extensions: Box<[Box<str>]>,
+}
+
+/// The extension attributes `node` reads, each once.
+fn extensions_read(node: &Node, out: &mut Vec<Box<str>>) {
+    let mut add = |name: &str| {
+        if !out.iter().any(|n| &**n == name) {
+            out.push(name.into());
+        }
+    };
+    match node {
+        Node::Attributes(_, conditions) => {
+            for (attribute, _) in conditions {
+                if let Attribute::Extension(name) = attribute {
+                    add(name);
+                }
+            }
+        }
+        Node::All(nodes) | Node::Any(nodes) => {
+            nodes.iter().for_each(|n| extensions_read(n, out));
+        }
+        Node::Not(n) => extensions_read(n, out),
+        Node::Cesql(expression) => {
+            for name in expression.attributes() {
+                if matches!(Attribute::new(name), Attribute::Extension(_)) {
+                    add(name);
+                }
+            }
+        }
+        Node::Nothing => {}
+    }
 }
 
 impl Filter {
@@ -199,21 +232,33 @@ impl Filter {
                     .collect::<Result<_, _>>()?,
             )
         };
-        Ok(Filter { root })
+        Ok(Filter::of(root))
+    }
+
+    fn of(root: Node) -> Filter {
+        let mut extensions = Vec::new();
+        extensions_read(&root, &mut extensions);
+        Filter {
+            root,
+            extensions: extensions.into_boxed_slice(),
+        }
+    }
+
+    /// Whether the filter reads the extension attribute `name`: when it
+    /// does not, evaluating it on an event with or without that extension
+    /// gives the same result.
+    pub fn reads_extension(&self, name: &str) -> bool {
+        self.extensions.iter().any(|n| &**n == name)
     }
 
     /// Compiles one Subscriptions API filter.
     pub fn from_subscriptions_api(filter: &SubscriptionsApiFilter) -> Result<Filter, FilterError> {
-        Ok(Filter {
-            root: compile(filter, "filter")?,
-        })
+        Ok(Filter::of(compile(filter, "filter")?))
     }
 
     /// A filter that lets everything through.
     pub fn none() -> Filter {
-        Filter {
-            root: Node::Nothing,
-        }
+        Filter::of(Node::Nothing)
     }
 
     /// Evaluates the filter on `event`.
@@ -237,34 +282,26 @@ fn attributes(how: Match, map: &BTreeMap<String, String>, path: &str) -> Result<
 }
 
 fn compile(filter: &SubscriptionsApiFilter, path: &str) -> Result<Node, FilterError> {
-    let found = [
-        filter.exact.is_some(),
-        filter.prefix.is_some(),
-        filter.suffix.is_some(),
-        filter.all.is_some(),
-        filter.any.is_some(),
-        filter.not.is_some(),
-        filter.cesql.is_some(),
-    ]
-    .into_iter()
-    .filter(|set| *set)
-    .count();
+    // As upstream, an empty map, list or expression is no dialect: the
+    // first non-empty one applies.
+    let found = filter.dialects_set().len();
     if found > 1 {
         return Err(FilterError::Dialects {
             path: path.to_owned(),
             found,
         });
     }
-    if let Some(map) = &filter.exact {
-        return attributes(Match::Exact, map, &format!("{path}.exact"));
+    let map = |m: &Option<BTreeMap<String, String>>| m.as_ref().filter(|m| !m.is_empty()).cloned();
+    if let Some(map) = map(&filter.exact) {
+        return attributes(Match::Exact, &map, &format!("{path}.exact"));
     }
-    if let Some(map) = &filter.prefix {
-        return attributes(Match::Prefix, map, &format!("{path}.prefix"));
+    if let Some(map) = map(&filter.prefix) {
+        return attributes(Match::Prefix, &map, &format!("{path}.prefix"));
     }
-    if let Some(map) = &filter.suffix {
-        return attributes(Match::Suffix, map, &format!("{path}.suffix"));
+    if let Some(map) = map(&filter.suffix) {
+        return attributes(Match::Suffix, &map, &format!("{path}.suffix"));
     }
-    if let Some(list) = &filter.all {
+    if let Some(list) = filter.all.as_ref().filter(|l| !l.is_empty()) {
         return Ok(Node::All(
             list.iter()
                 .enumerate()
@@ -272,7 +309,7 @@ fn compile(filter: &SubscriptionsApiFilter, path: &str) -> Result<Node, FilterEr
                 .collect::<Result<_, _>>()?,
         ));
     }
-    if let Some(list) = &filter.any {
+    if let Some(list) = filter.any.as_ref().filter(|l| !l.is_empty()) {
         return Ok(Node::Any(
             list.iter()
                 .enumerate()
@@ -283,7 +320,7 @@ fn compile(filter: &SubscriptionsApiFilter, path: &str) -> Result<Node, FilterEr
     if let Some(not) = &filter.not {
         return Ok(Node::Not(Box::new(compile(not, &format!("{path}.not"))?)));
     }
-    if let Some(expression) = &filter.cesql {
+    if let Some(expression) = filter.cesql.as_ref().filter(|c| !c.is_empty()) {
         return Expression::parse(expression)
             .map(|e| Node::Cesql(Box::new(e)))
             .map_err(|error| FilterError::Cesql {
@@ -439,6 +476,47 @@ mod tests {
         assert_eq!(
             filters(json!([{"exact": {"subject": "x"}}])).evaluate(&event()),
             Fail
+        );
+    }
+
+    #[test]
+    fn filters_know_the_extensions_they_read() {
+        let f = filters(json!([
+            {"exact": {"type": "t"}},
+            {"any": [{"prefix": {"region": "eu"}}, {"cesql": "EXISTS knativebrokerttl AND source = 'x'"}]}
+        ]));
+        assert!(f.reads_extension("region"));
+        assert!(f.reads_extension("knativebrokerttl"));
+        assert!(
+            !f.reads_extension("type"),
+            "a core attribute, not an extension"
+        );
+        assert!(
+            !filters(json!([{"cesql": "'knativebrokerttl' = type"}]))
+                .reads_extension("knativebrokerttl")
+        );
+        assert!(!Filter::none().reads_extension("knativebrokerttl"));
+    }
+
+    /// An empty map, list or expression is no dialect: the next non-empty
+    /// one applies, as upstream's filter materialisation does.
+    #[test]
+    fn empty_dialects_are_skipped() {
+        assert_eq!(
+            filters(json!([{"exact": {}, "prefix": {"type": "com.example."}}])).evaluate(&event()),
+            Pass
+        );
+        assert_eq!(
+            filters(json!([{"exact": {}, "prefix": {"type": "org."}}])).evaluate(&event()),
+            Fail
+        );
+        assert_eq!(
+            filters(json!([{"all": [], "cesql": "id = 'nope'"}])).evaluate(&event()),
+            Fail
+        );
+        assert_eq!(
+            filters(json!([{"exact": {}, "cesql": ""}])).evaluate(&event()),
+            NoFilter
         );
     }
 

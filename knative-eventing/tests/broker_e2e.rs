@@ -210,8 +210,10 @@ async fn the_ingress_answers_every_status_code_path() {
     let big = vec![b'x'; binding::DEFAULT_MAX_BODY_BYTES + 1];
     let mut large = good.to_vec();
     large.push(("content-type", "application/octet-stream"));
-    let (status, _) = mesh.post("POST", "/default/default", &large, big).await;
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let (status, body) = mesh.post("POST", "/default/default", &large, big).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("larger than"), "{body}");
+
     // Batches are refused as upstream does.
     let (status, body) = mesh
         .post(
@@ -251,6 +253,10 @@ async fn the_ingress_answers_every_status_code_path() {
     assert_eq!(h("kn-namespace").as_deref(), Some("default"));
     assert_eq!(h("prefer").as_deref(), Some("reply"));
 }
+
+/// A body one byte over the ingress's default limit.
+static OVERSIZE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| "x".repeat(binding::DEFAULT_MAX_BODY_BYTES + 1));
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_events_get_a_400_naming_the_problem_and_reach_no_subscriber() {
@@ -397,6 +403,30 @@ async fn malformed_events_get_a_400_naming_the_problem_and_reach_no_subscriber()
             vec![structured],
             r##"{"specversion":"1.0","id":"1","type":"t","source":"/s","dataschema":"#"}"##,
             "dataschema",
+        ),
+        (
+            "malformed percent escape",
+            ce(&[("ce-subject", "a%zz")]),
+            "",
+            "ce-subject",
+        ),
+        (
+            "truncated percent escape",
+            ce(&[("ce-subject", "a%4")]),
+            "",
+            "ce-subject",
+        ),
+        (
+            "percent escapes that are not UTF-8",
+            ce(&[("ce-subject", "a%C0%A0")]),
+            "",
+            "ce-subject",
+        ),
+        (
+            "oversize body",
+            ce(&[("content-type", "application/octet-stream")]),
+            OVERSIZE.as_str(),
+            "larger than",
         ),
         (
             "a batch (refused as upstream does)",

@@ -167,9 +167,6 @@ pub fn is_valid_attribute_name(name: &str) -> bool {
 
 fn validate_attribute_map(map: &BTreeMap<String, String>, allow_empty_values: bool) -> FieldError {
     let mut errs = FieldError::none();
-    if map.is_empty() && !allow_empty_values {
-        errs.push(FieldError::new("at least one attribute is required", ""));
-    }
     for (key, value) in map {
         if !is_valid_attribute_name(key) {
             errs.push(FieldError::invalid_key_name(key, "").with_details(
@@ -187,21 +184,32 @@ fn validate_attribute_map(map: &BTreeMap<String, String>, allow_empty_values: bo
 }
 
 impl SubscriptionsApiFilter {
-    /// Checks one filter: exactly one dialect, valid attribute maps, and
-    /// CESQL that parses. Paths are relative to the filter.
-    pub fn validate(&self) -> FieldError {
-        let set: Vec<&str> = [
-            ("exact", self.exact.is_some()),
-            ("prefix", self.prefix.is_some()),
-            ("suffix", self.suffix.is_some()),
-            ("all", self.all.is_some()),
-            ("any", self.any.is_some()),
+    /// The dialects this filter sets, in upstream's order (`exact`,
+    /// `prefix`, `suffix`, `all`, `any`, `not`, `cesql`). As upstream, an
+    /// empty map, an empty list or an empty expression sets nothing.
+    pub fn dialects_set(&self) -> Vec<&'static str> {
+        let non_empty_map =
+            |m: &Option<BTreeMap<String, String>>| m.as_ref().is_some_and(|m| !m.is_empty());
+        let non_empty_list =
+            |l: &Option<Vec<SubscriptionsApiFilter>>| l.as_ref().is_some_and(|l| !l.is_empty());
+        [
+            ("exact", non_empty_map(&self.exact)),
+            ("prefix", non_empty_map(&self.prefix)),
+            ("suffix", non_empty_map(&self.suffix)),
+            ("all", non_empty_list(&self.all)),
+            ("any", non_empty_list(&self.any)),
             ("not", self.not.is_some()),
-            ("cesql", self.cesql.is_some()),
+            ("cesql", self.cesql.as_ref().is_some_and(|c| !c.is_empty())),
         ]
         .into_iter()
         .filter_map(|(name, on)| on.then_some(name))
-        .collect();
+        .collect()
+    }
+
+    /// Checks one filter: exactly one dialect, valid attribute maps, and
+    /// CESQL that parses. Paths are relative to the filter.
+    pub fn validate(&self) -> FieldError {
+        let set = self.dialects_set();
         if set.len() > 1 {
             return FieldError::multiple_one_of(set.as_slice())
                 .with_details("multiple dialects found, a filter can have only one dialect set");
@@ -212,6 +220,18 @@ impl SubscriptionsApiFilter {
             ("prefix", &self.prefix),
             ("suffix", &self.suffix),
         ] {
+            // As upstream's webhook: an empty map is no dialect at all, and
+            // a dialect object holds one attribute.
+            if let Some(map) = map.as_ref().filter(|m| m.len() > 1) {
+                errs.push(
+                    FieldError::new("Multiple items found, can have only one key-value", name)
+                        .with_details(format!(
+                            "found {}: {}",
+                            map.len(),
+                            map.keys().cloned().collect::<Vec<_>>().join(", ")
+                        )),
+                );
+            }
             if let Some(map) = map {
                 errs.push(validate_attribute_map(map, false).via_field(name));
             }
@@ -224,7 +244,7 @@ impl SubscriptionsApiFilter {
         if let Some(not) = &self.not {
             errs.push(not.validate().via_field("not"));
         }
-        if let Some(expression) = &self.cesql
+        if let Some(expression) = self.cesql.as_ref().filter(|c| !c.is_empty())
             && let Err(e) = crate::cesql::Expression::parse(expression)
         {
             errs.push(
@@ -375,6 +395,35 @@ mod tests {
         ));
         assert!(cesql.contains("spec.filters[0].cesql"), "{cesql}");
         assert!(cesql.contains("does not parse"), "{cesql}");
+    }
+
+    /// As upstream's webhook: one attribute per `exact`/`prefix`/`suffix`
+    /// object, an empty object sets no dialect, and dialects are counted
+    /// only when non-empty.
+    #[test]
+    fn a_dialect_object_holds_one_attribute_and_empty_ones_set_nothing() {
+        let two_keys = errors(&format!(
+            "  broker: b\n{SUBSCRIBER}  filters:\n    - exact: {{type: a, source: b}}\n"
+        ));
+        assert!(
+            two_keys.contains(
+                "spec.filters[0].exact: Multiple items found, can have only one key-value"
+            ),
+            "{two_keys}"
+        );
+        let suffix = errors(&format!(
+            "  broker: b\n{SUBSCRIBER}  filters:\n    - any:\n        - suffix: {{type: a, id: b}}\n"
+        ));
+        assert!(suffix.contains("spec.filters[0].any[0].suffix"), "{suffix}");
+        for ok in [
+            "    - exact: {}\n",
+            "    - exact: {}\n      prefix: {type: b}\n",
+            "    - all: []\n      cesql: \"type = 'a'\"\n",
+            "    - cesql: \"\"\n",
+        ] {
+            let errs = errors(&format!("  broker: b\n{SUBSCRIBER}  filters:\n{ok}"));
+            assert_eq!(errs, "", "{ok}");
+        }
     }
 
     #[test]

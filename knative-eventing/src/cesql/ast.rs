@@ -177,6 +177,30 @@ pub(crate) enum Node {
 }
 
 impl Node {
+    /// Calls `f` with every attribute the expression reads (`EXISTS`
+    /// included), in tree order, repeats included.
+    pub(crate) fn visit_attributes<'a>(&'a self, f: &mut impl FnMut(&'a Attr)) {
+        match self {
+            Node::Literal(_) => {}
+            Node::Attribute(a) | Node::Exists(a) => f(a),
+            Node::Not(n) | Node::Negate(n) => n.visit_attributes(f),
+            Node::Binary(_, l, r) => {
+                l.visit_attributes(f);
+                r.visit_attributes(f);
+            }
+            Node::Logic(_, nodes)
+            | Node::Call { args: nodes, .. }
+            | Node::MissingFunction { args: nodes, .. } => {
+                nodes.iter().for_each(|n| n.visit_attributes(f));
+            }
+            Node::Like { operand, .. } => operand.visit_attributes(f),
+            Node::In { operand, set, .. } => {
+                operand.visit_attributes(f);
+                set.iter().for_each(|n| n.visit_attributes(f));
+            }
+        }
+    }
+
     /// `l op r`, flattening operands that are chains of the same operator. `AND`, `OR` and
     /// `XOR` are associative under short-circuit, fail-fast evaluation, so this is exact.
     pub(crate) fn logic(op: LogicOp, l: Node, r: Node) -> Node {

@@ -1766,7 +1766,9 @@ mod tests {
             db(&dir),
             DiskLogConfig {
                 retention: Retention {
-                    max_age: Some(Duration::from_millis(300)),
+                    // Long enough that a loaded machine does not expire
+                    // the old events before the young one is in.
+                    max_age: Some(Duration::from_millis(1000)),
                     ..Retention::default()
                 },
                 ..DiskLogConfig::default()
@@ -1778,12 +1780,12 @@ mod tests {
         log.append("l", vec![entry("old-1"), entry("old-2")])
             .await
             .expect("appends");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         log.append("l", vec![entry("young")])
             .await
             .expect("appends");
         assert_eq!(log.len("l").await.expect("len"), 3, "nothing expired yet");
-        // The old ones expire (swept every 30 ms), the young one not yet.
+        // The old ones expire (swept every 100 ms), the young one not yet.
         let start = Instant::now();
         while log.len("l").await.expect("len") != 1 {
             assert!(start.elapsed() < Duration::from_secs(5), "never expired");
