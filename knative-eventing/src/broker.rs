@@ -160,6 +160,8 @@ fn broker_key(namespace: &str, name: &str) -> String {
 struct BrokerState {
     delivery: Option<DeliverySpec>,
     dead_letter_sink: Option<String>,
+    /// Its `status.address.url`, once the reconciler set it.
+    address: Option<String>,
     triggers: HashMap<String, Consumer>,
 }
 
@@ -264,11 +266,30 @@ impl Brokers {
         let broker = brokers.entry(key).or_insert_with(|| BrokerState {
             delivery: None,
             dead_letter_sink: None,
+            address: None,
             triggers: HashMap::new(),
         });
         broker.delivery = delivery;
         broker.dead_letter_sink = dead_letter_sink;
         Ok(())
+    }
+
+    /// Records the URL broker `namespace/name` is addressed at (its
+    /// `status.address.url`): a reply that cannot be forwarded into the
+    /// broker is dead-lettered with it as `knativeerrordest` (§5). Until
+    /// it is known, `broker:/{namespace}/{name}` stands in. Does nothing
+    /// for an unknown broker.
+    pub fn set_broker_address(&self, namespace: &str, name: &str, url: &str) {
+        let key = broker_key(namespace, name);
+        if let Some(broker) = self
+            .inner
+            .brokers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(&key)
+        {
+            broker.address = Some(url.to_owned());
+        }
     }
 
     /// Removes a broker, its triggers' dispatchers and its log.
@@ -682,12 +703,19 @@ impl Inner {
         Ok(())
     }
 
-    fn broker_delivery(&self, key: &str) -> (Option<DeliverySpec>, Option<String>) {
+    /// A broker's delivery options, dead-letter sink and address.
+    fn broker_delivery(&self, key: &str) -> (Option<DeliverySpec>, Option<String>, Option<String>) {
         self.brokers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(key)
-            .map(|b| (b.delivery.clone(), b.dead_letter_sink.clone()))
+            .map(|b| {
+                (
+                    b.delivery.clone(),
+                    b.dead_letter_sink.clone(),
+                    b.address.clone(),
+                )
+            })
             .unwrap_or_default()
     }
 }
@@ -720,7 +748,7 @@ async fn process(handler: &TriggerHandler, record: Record) {
     let Some(inner) = handler.inner.upgrade() else {
         return;
     };
-    let (broker_delivery, broker_dls) = inner.broker_delivery(log_name);
+    let (broker_delivery, broker_dls, broker_address) = inner.broker_delivery(log_name);
     let delivery = route.delivery.clone().or(broker_delivery);
     let policy: RetryPolicy = delivery
         .as_ref()
@@ -738,7 +766,11 @@ async fn process(handler: &TriggerHandler, record: Record) {
     let (namespace, name) = log_name.split_once('/').unwrap_or((log_name, ""));
     let mut headers: Vec<(String, String)> = record.headers.to_vec();
     headers.push(("kn-namespace".to_owned(), namespace.to_owned()));
-    let broker_url = || format!("broker:/{namespace}/{name}");
+    let broker_url = || {
+        broker_address
+            .clone()
+            .unwrap_or_else(|| format!("broker:/{namespace}/{name}"))
+    };
     // A reply that cannot be stored fails the whole delivery, which is
     // retried (up to the retry count, with the backoff) like any other
     // failure (§1.4); a reply at the end of its TTL is dropped.

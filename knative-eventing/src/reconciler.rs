@@ -169,7 +169,8 @@ pub trait AddressResolver: Send + Sync {
 }
 
 /// Resolves a [`Destination`]: an absolute URI as it is; a reference
-/// through `resolver`, with a relative `uri` appended to its address.
+/// through `resolver`, with a relative `uri` resolved against its address
+/// (RFC 3986, `specs/EVENTING.md §6`).
 pub async fn resolve_destination(
     resolver: &dyn AddressResolver,
     destination: &Destination,
@@ -182,14 +183,16 @@ pub async fn resolve_destination(
         (None, None) => Err("the destination has neither ref nor uri".to_owned()),
         (Some(reference), relative) => {
             let base = resolver.resolve_reference(reference, namespace).await?;
-            Ok(match relative {
-                None => base,
-                Some(path) => format!(
-                    "{}/{}",
-                    base.trim_end_matches('/'),
-                    path.trim_start_matches('/')
-                ),
-            })
+            match relative {
+                None => Ok(base),
+                // RFC 3986 reference resolution against the address, as
+                // upstream's resolver does (`http://h/a` + `b` → `http://h/b`,
+                // `http://h/a/` + `b` → `http://h/a/b`, `/x` replaces the path).
+                Some(uri) => url::Url::parse(&base)
+                    .and_then(|base| base.join(uri))
+                    .map(String::from)
+                    .map_err(|e| format!("cannot resolve uri {uri:?} against {base}: {e}")),
+            }
         }
     }
 }
@@ -445,6 +448,9 @@ impl Reconciler<Broker> for BrokerReconciler {
             m.mark_true(c);
         }
         let url = format!("{}/{ns}/{name}", self.ingress_url.trim_end_matches('/'));
+        // Dead letters of failed reply deliveries name this URL as the
+        // failed destination.
+        self.data_plane.set_broker_address(&ns, &name, &url);
         m.mark_true("Addressable");
         drop(m);
         status.address = Some(Addressable {
@@ -809,6 +815,46 @@ mod tests {
             .await
             .expect_err("no resolver");
         assert!(err.contains("no resolver for this kind"), "{err}");
+    }
+
+    /// A relative `uri` is resolved against the reference's address as
+    /// RFC 3986 says (Go's `URL.ResolveReference`, which upstream uses).
+    #[tokio::test]
+    async fn a_relative_uri_is_resolved_against_the_address_as_rfc_3986_says() {
+        struct At(&'static str);
+        #[async_trait]
+        impl AddressResolver for At {
+            async fn resolve_reference(&self, _: &KReference, _: &str) -> Result<String, String> {
+                Ok(self.0.to_owned())
+            }
+        }
+        let destination = |uri: &str| -> Destination {
+            serde_json::from_value(serde_json::json!({
+                "ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "b"},
+                "uri": uri
+            }))
+            .expect("destination")
+        };
+        for (base, uri, want) in [
+            ("http://h/a", "b", "http://h/b"),
+            ("http://h/a/", "b", "http://h/a/b"),
+            ("http://h/ns/broker", "/x/y", "http://h/x/y"),
+            ("http://h/a/b", "../c", "http://h/c"),
+            ("http://h/a", "?q=1", "http://h/a?q=1"),
+            ("http://h", "events", "http://h/events"),
+        ] {
+            assert_eq!(
+                resolve_destination(&At(base), &destination(uri), "ns")
+                    .await
+                    .as_deref(),
+                Ok(want),
+                "{base} + {uri}"
+            );
+        }
+        let err = resolve_destination(&At("not a url"), &destination("x"), "ns")
+            .await
+            .expect_err("a base that is no URL");
+        assert!(err.contains("cannot resolve uri"), "{err}");
     }
 
     /// A kind this crate does not know (here played by Brokers under

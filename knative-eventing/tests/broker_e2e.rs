@@ -550,6 +550,10 @@ async fn a_reply_that_cannot_be_stored_fails_the_whole_delivery_which_is_retried
     }))
     .await;
     let dls = Subscriber::start(Subscriber::accepting()).await;
+    // The URL the reconciler gives the broker's status.
+    let broker_url = format!("http://{}/default/default", mesh.ingress);
+    mesh.brokers
+        .set_broker_address("default", "default", &broker_url);
     mesh.trigger(
         "replier",
         json!([{"exact": {"type": "order"}}]),
@@ -572,7 +576,8 @@ async fn a_reply_that_cannot_be_stored_fails_the_whole_delivery_which_is_retried
     let ext = |name: &str| dead.extension(name).map(ToString::to_string);
     assert_eq!(
         ext("knativeerrordest"),
-        Some("broker:/default/default".to_owned())
+        Some(broker_url),
+        "the failed destination is the broker the reply went to"
     );
     assert_eq!(ext("knativeerrorcode"), Some("500".to_owned()));
 }
