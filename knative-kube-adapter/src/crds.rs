@@ -4,9 +4,11 @@
 //!
 //! [`all`] generates the CRDs from the types' `#[derive(CustomResource)]`
 //! (names, short names, categories, printer columns and the status
-//! subresource come from the derive attributes in the domain crates) and then
-//! post-processes the schemas so that a kube-apiserver ≥ 1.33 accepts them
-//! without warnings:
+//! subresource come from the derive attributes in the domain crates), adds
+//! the older versions upstream still serves ([`with_served_versions`]:
+//! PingSource `v1beta2`, Task and Pipeline `v1beta1`, served but not stored,
+//! with the `v1` schema) and post-processes the schemas so that a
+//! kube-apiserver ≥ 1.33 accepts them without warnings:
 //!
 //! - `Option<T>` fields that schemars 1 writes as `anyOf: [T, {enum: [null],
 //!   nullable: true}]` (or `oneOf`) become `T` with `nullable: true`, the
@@ -38,7 +40,9 @@
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, CustomResourceDefinitionVersion,
+};
 use knative_core::apis::FieldError;
 use kube::CustomResourceExt;
 use serde_json::{Map, Value};
@@ -74,7 +78,49 @@ pub fn all() -> Vec<CustomResourceDefinition> {
     ]
     .into_iter()
     .map(make_structural)
+    .map(with_served_versions)
     .collect()
+}
+
+/// The older versions upstream still serves next to `v1`, by CRD name
+/// (`specs/CRDS.md`, "served").
+const ALSO_SERVED: &[(&str, &[&str])] = &[
+    ("pingsources.sources.knative.dev", &["v1beta2"]),
+    ("tasks.tekton.dev", &["v1beta1"]),
+    ("pipelines.tekton.dev", &["v1beta1"]),
+];
+
+/// The versions besides the storage version that `crd_name` is served at
+/// (none for most CRDs).
+pub fn also_served(crd_name: &str) -> &'static [&'static str] {
+    ALSO_SERVED
+        .iter()
+        .find(|(name, _)| *name == crd_name)
+        .map_or(&[], |(_, versions)| versions)
+}
+
+/// Adds the [`also_served`] versions of `crd` after its storage version:
+/// served, not stored, with the same schema, printer columns and
+/// subresources. Upstream's conversion between them is the identity
+/// (`strategy: None`), so objects written at either version read back at
+/// both. A version already present is left as it is.
+pub fn with_served_versions(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    let name = crd.metadata.name.clone().unwrap_or_default();
+    let Some(storage) = crd.spec.versions.iter().find(|v| v.storage).cloned() else {
+        return crd;
+    };
+    for version in also_served(&name) {
+        if crd.spec.versions.iter().any(|v| v.name == *version) {
+            continue;
+        }
+        crd.spec.versions.push(CustomResourceDefinitionVersion {
+            name: (*version).to_owned(),
+            served: true,
+            storage: false,
+            ..storage.clone()
+        });
+    }
+    crd
 }
 
 /// `crds` as one multi-document YAML stream (`---` between documents), as

@@ -15,6 +15,27 @@
 //! - `telemetry` (feature `operator`): health probes and reconcile metrics.
 //! - The `knative-operator` binary (feature `operator`) composes them; its
 //!   docs list what is wired and what is not yet.
+//!
+//! The main types are also at the crate root: [`KubeObjects`], the
+//! backends [`KubeWorkloadBackend`] (Serving's `WorkloadBackend`),
+//! [`RouteServices`] and [`PodStepExecutor`] (Build's `StepExecutor`),
+//! Eventing's [`KubeBindingTarget`] and [`KubeContainerRunner`], and
+//! [`LeaderElector`].
+//!
+//! ```no_run
+//! use knative_kube_adapter::{KubeObjects, KubeWorkloadBackend, KubeWorkloadConfig};
+//! use knative_serving::api::Service;
+//!
+//! # async fn example() -> Result<(), kube::Error> {
+//! let client = kube::Client::try_default().await?;
+//! // Knative Services in `default`, as the reconcilers' `Objects<Service>`.
+//! let services = KubeObjects::<Service>::new(client.clone()).in_namespace("default");
+//! // Revisions as Deployments and Services.
+//! let workloads = KubeWorkloadBackend::new(client, KubeWorkloadConfig::default());
+//! # let _ = (services, workloads);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod apiserver_source;
 pub mod backend;
@@ -29,3 +50,11 @@ mod reconcile_tests;
 pub mod telemetry;
 #[cfg(test)]
 mod test_util;
+
+pub use backend::{
+    KubeWorkloadBackend, KubeWorkloadConfig, PodExecutorConfig, PodStepExecutor, QueueProxySidecar,
+    RouteServices, RouteServicesConfig,
+};
+pub use eventing::{KubeBindingTarget, KubeContainerRunner};
+pub use leader::{LeaderElector, LeaseConfig};
+pub use objects::{KubeObjects, KubeScope};

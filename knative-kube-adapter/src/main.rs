@@ -13,7 +13,8 @@
 //! a Lease, and once it leads runs, over [`KubeObjects`]:
 //!
 //! - the Serving controllers (`knative_serving::reconciler::Serving`) with
-//!   revisions as Deployments + Services ([`KubeWorkloadBackend`]), and the
+//!   revisions as Deployments + Services `<rev>` and `<rev>-private`
+//!   ([`KubeWorkloadBackend`]), and the
 //!   ingress + activator data plane on `--ingress-addr` (activator always in
 //!   the path: replicas are reached directly, so no sidecar image is
 //!   needed). `--queue-proxy-image` adds upstream's `queue-proxy` sidecar
@@ -165,7 +166,8 @@ struct RbacArgs {
 
 #[derive(Debug, Args)]
 struct DeployArgs {
-    /// The namespace to run the operator in.
+    /// The namespace to run the operator in; its Lease, its ingress Service
+    /// and Serving's ConfigMaps (--config-namespace) are there too.
     #[arg(long, default_value = "knative-serving")]
     namespace: String,
     /// The operator's container image (none is published yet: build and push
@@ -664,7 +666,9 @@ impl AddressResolver for CoreServiceAddresses {
         let ns = reference.namespace_or(namespace);
         let name = &reference.name;
         match (reference.api_group(), reference.kind.as_str()) {
-            ("", "Service") => Ok(format!("http://{name}.{ns}.svc.cluster.local")),
+            // `specs/EVENTING.md §6`: a core Service resolves to its
+            // cluster-local name with a trailing `/`.
+            ("", "Service") => Ok(format!("http://{name}.{ns}.svc.cluster.local/")),
             (group, kind) => Err(format!("cannot resolve {kind} ({group}) {ns}/{name}")),
         }
     }
@@ -957,6 +961,29 @@ mod tests {
 
     use super::*;
 
+    /// `specs/EVENTING.md §6`: a core Service resolves without status to
+    /// its cluster-local URL with a trailing `/`; other kinds are errors.
+    #[tokio::test]
+    async fn core_services_resolve_to_their_cluster_local_url() {
+        let reference = |api_version: &str, kind: &str| KReference {
+            api_version: Some(api_version.to_owned()),
+            kind: kind.to_owned(),
+            name: "display".to_owned(),
+            ..KReference::default()
+        };
+        assert_eq!(
+            CoreServiceAddresses
+                .resolve_reference(&reference("v1", "Service"), "ns")
+                .await,
+            Ok("http://display.ns.svc.cluster.local/".to_owned())
+        );
+        let err = CoreServiceAddresses
+            .resolve_reference(&reference("apps/v1", "Deployment"), "ns")
+            .await
+            .expect_err("not a core Service");
+        assert!(err.contains("Deployment"), "{err}");
+    }
+
     #[test]
     fn every_flag_of_every_subcommand_is_documented() {
         let command = Cli::command();
@@ -1059,6 +1086,42 @@ mod tests {
         };
         assert_eq!(args.queue_proxy_image.as_deref(), Some("op:dev"));
         assert_eq!(args.queue_proxy_command, ["/qp", "serve"]);
+    }
+
+    /// What `deploy --namespace foo` prints runs an operator whose flags
+    /// all point at `foo`.
+    #[test]
+    fn the_deploy_manifest_runs_the_operator_in_its_namespace() {
+        let cli = Cli::try_parse_from(["knative-operator", "deploy", "--namespace", "foo"])
+            .expect("deploy with a namespace");
+        let Some(Command::Deploy(args)) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        let (_, deployment, _) = manifests::deploy(&DeployOptions {
+            namespace: args.namespace,
+            image: args.image,
+            replicas: args.replicas,
+            install_crds: args.install_crds,
+            event_log: None,
+            queue_proxy_image: None,
+            queue_proxy_command: Vec::new(),
+        });
+        let pod = deployment.spec.template.spec.expect("a pod spec");
+        let container_args = pod.containers[0].args.clone().unwrap_or_default();
+        let argv = std::iter::once("knative-operator".to_owned()).chain(container_args);
+        let cli = Cli::try_parse_from(argv).expect("the container's args parse");
+        let Some(Command::Run(run)) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(run.config_namespace, "foo");
+        assert_eq!(
+            run.ingress_service_host,
+            "knative-ingress.foo.svc.cluster.local"
+        );
+        assert_eq!(
+            run.broker_url,
+            "http://knative-ingress.foo.svc.cluster.local:8081"
+        );
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! | `apps` | deployments | read, write, delete (revisions' and ContainerSources' Deployments; SinkBinding subjects) |
 //! | `apps` | statefulsets, daemonsets | get, list, patch (SinkBinding subjects' environment) |
 //! | `batch` | jobs, cronjobs | get, list, patch (SinkBinding subjects' environment) |
-//! | core | services, pods, configmaps, endpoints | read, write, delete |
+//! | core | services, pods | read, write, delete (revisions' and Routes' Services; TaskRuns' Pods) |
+//! | core | configmaps | read (Serving's `config-*` ConfigMaps, read at start) |
 //! | core | pods/log | get (build logs before a pod is deleted) |
 //! | core, `events.k8s.io` | events | create, patch |
 //! | core | events, namespaces | read (ApiServerSource watches; its namespaceSelector). A source watching other kinds needs get/list/watch on them added |
@@ -137,11 +138,10 @@ pub fn policy_rules(install_crds: bool) -> Vec<PolicyRule> {
         BIND,
     ));
     rules.push(rule(&["batch"], strings(&["jobs", "cronjobs"]), BIND));
-    rules.push(rule(
-        &[""],
-        strings(&["services", "pods", "configmaps", "endpoints"]),
-        READ_WRITE,
-    ));
+    rules.push(rule(&[""], strings(&["services", "pods"]), READ_WRITE));
+    // Serving's `config-*` ConfigMaps are only read. Core Endpoints are not
+    // used: readiness comes from EndpointSlices.
+    rules.push(rule(&[""], strings(&["configmaps"]), READ));
     rules.push(rule(&[""], strings(&["pods/log"]), &["get"]));
     rules.push(rule(
         &["", "events.k8s.io"],
@@ -304,6 +304,8 @@ pub fn deploy(options: &DeployOptions) -> (Namespace, Deployment, Service) {
     args.push(format!(
         "--ingress-service-host={INGRESS_SERVICE}.{ns}.svc.cluster.local"
     ));
+    // Serving's `config-*` ConfigMaps live next to the operator.
+    args.push(format!("--config-namespace={ns}"));
     if let Some(log) = &options.event_log {
         args.push(format!("--event-log={log}"));
     }
@@ -524,6 +526,17 @@ mod tests {
             Some(strings(&["get", "create", "update"]))
         );
         assert!(rule_for(&rules, "", "secrets").is_none());
+        assert_eq!(verbs("", "services"), Some(strings(READ_WRITE)));
+        assert_eq!(verbs("", "pods"), Some(strings(READ_WRITE)));
+        assert_eq!(
+            verbs("", "configmaps"),
+            Some(strings(READ)),
+            "Serving's ConfigMaps are only read"
+        );
+        assert!(
+            rule_for(&rules, "", "endpoints").is_none(),
+            "readiness reads EndpointSlices, not Endpoints"
+        );
         assert!(rules.iter().all(|r| !r.verbs.iter().any(|v| v == "*")));
     }
 
@@ -596,6 +609,37 @@ mod tests {
         assert!(
             !args.iter().any(|a| a.starts_with("--queue-proxy")),
             "no sidecar unless asked: {args:?}"
+        );
+    }
+
+    #[test]
+    fn deploy_points_every_namespaced_flag_at_its_namespace() {
+        let (namespace, deployment, service) = deploy(&DeployOptions {
+            namespace: "foo".into(),
+            image: "example.com/knative-operator:dev".into(),
+            replicas: 1,
+            install_crds: false,
+            event_log: None,
+            queue_proxy_image: None,
+            queue_proxy_command: Vec::new(),
+        });
+        assert_eq!(namespace.metadata.name.as_deref(), Some("foo"));
+        assert_eq!(deployment.metadata.namespace.as_deref(), Some("foo"));
+        assert_eq!(service.metadata.namespace.as_deref(), Some("foo"));
+        let pod = deployment.spec.template.spec.expect("a pod spec");
+        let args = pod.containers[0].args.clone().unwrap_or_default();
+        for arg in [
+            "--config-namespace=foo",
+            "--lease-namespace=$(POD_NAMESPACE)",
+            "--broker-url=http://knative-ingress.foo.svc.cluster.local:8081",
+            "--channel-url=http://knative-ingress.foo.svc.cluster.local:8082",
+            "--ingress-service-host=knative-ingress.foo.svc.cluster.local",
+        ] {
+            assert!(args.contains(&arg.to_owned()), "{arg} in {args:?}");
+        }
+        assert!(
+            !args.iter().any(|a| a.contains("knative-serving")),
+            "nothing points at the default namespace: {args:?}"
         );
     }
 

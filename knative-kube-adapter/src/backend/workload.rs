@@ -1,5 +1,5 @@
 //! [`KubeWorkloadBackend`]: a revision's replicas as a Kubernetes
-//! Deployment and Service (`specs/CRDS.md`, "Kubernetes objects a revision
+//! Deployment and Services (`specs/CRDS.md`, "Kubernetes objects a revision
 //! and a route own"; `specs/SERVING.md §1`, "Revision conditions").
 //!
 //! # What it creates
@@ -22,20 +22,26 @@
 //!   `http` (`http2` with `appProtocol: kubernetes.io/h2c` when the
 //!   container port is named `h2c`) to the container port. Kubernetes keeps
 //!   its EndpointSlices, which is where ready replicas are read from.
+//! - a private Service `<rev>-private` ([`desired_private_service`], named
+//!   with [`private_service_name`]), as upstream's: the same port 80,
+//!   labelled `networking.internal.knative.dev/serviceType: Private`, and
+//!   with a queue-proxy sidecar also its admin and metrics ports (see
+//!   below). The backend does not read its EndpointSlices; it is there
+//!   for tools that expect upstream's layout (such as metrics scrapers of
+//!   the queue-proxies).
 //!
-//! Both carry the [`WorkloadSpec::labels`] (the revision's labels without
-//! the routing state, plus `serving.knative.dev/revision`,
+//! All three carry the [`WorkloadSpec::labels`] (the revision's labels
+//! without the routing state, plus `serving.knative.dev/revision`,
 //! `serving.knative.dev/revisionUID` and `app`, computed by the revision
 //! reconciler) and [`WorkloadSpec::owner`] as their controlling owner
-//! reference, so deleting the Revision deletes them. Both select pods by
+//! reference, so deleting the Revision deletes them. All select pods by
 //! `serving.knative.dev/revisionUID` (by `serving.knative.dev/revision`
 //! when the spec has no uid), as upstream's Deployment selector does.
 //!
 //! The activator and ingress run in the operator's own process and the
 //! activator is always in the request path, so by default there is no
-//! queue-proxy sidecar and no private Service: the data plane sends
-//! requests straight to pod IPs ([`Endpoint::address`] is
-//! `<pod IP>:<container port>`).
+//! queue-proxy sidecar: the data plane sends requests straight to pod IPs
+//! ([`Endpoint::address`] is `<pod IP>:<container port>`).
 //!
 //! # With a queue-proxy sidecar
 //!
@@ -71,21 +77,23 @@
 //!   `GET :8022/wait-for-drain`, unless it has its own; the sidecar gets
 //!   upstream's locked-down security context (non-root, read-only root
 //!   filesystem, no capabilities) and a 25m CPU request.
-//! - The Service's port 80 is named `http` and targets 8012, so the
+//! - The Services' port 80 is named `http` and targets 8012, so the
 //!   EndpointSlices, and the ready endpoints read from them, are the
 //!   queue-proxies' (`<pod IP>:8012`). The queue-proxy speaks HTTP/1, so
-//!   an `h2c` port name no longer makes the Service `http2`.
+//!   an `h2c` port name no longer makes the Services `http2`. The private
+//!   Service also exposes `http-queueadm` 8022, `http-autometric` 9090 and
+//!   `http-usermetric` 9091, as upstream's does.
 //!
 //! # Writes
 //!
-//! [`WorkloadBackend::ensure`] server-side applies both objects with
+//! [`WorkloadBackend::ensure`] server-side applies the three objects with
 //! [`KubeWorkloadConfig::field_manager`] (forced: the operator owns them).
 //! The applied Deployment always includes `spec.replicas`, set to the last
 //! count [`WorkloadBackend::scale`] asked for (read from the Deployment
 //! once after a restart, 0 for a new one), so an apply never resets the
 //! scale and a new revision starts no replica before it is scaled.
-//! `scale` merge-patches `spec.replicas`; `remove` deletes both objects
-//! (404 is fine).
+//! `scale` merge-patches `spec.replicas`; `remove` deletes the three
+//! objects (404 is fine).
 //!
 //! # Status
 //!
@@ -99,7 +107,7 @@
 //!
 //! - `desired`: the last count asked for; `actual`: the Deployment's
 //!   `status.replicas` (pods that exist, ready or not);
-//! - `ready`: the ready endpoints of the Service's EndpointSlices
+//! - `ready`: the ready endpoints of the public Service's EndpointSlices
 //!   (`conditions.ready` not false), by pod name and `IP:port`;
 //! - `failure` (only while nothing is ready), in this order: a container
 //!   that exited (`lastState`/`state.terminated` with a non-zero code or a
@@ -162,8 +170,15 @@ pub const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(600);
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// The port name upstream gives a serving container's port.
 const USER_PORT_NAME: &str = "user-port";
-/// The port of a revision's Service.
+/// The port of a revision's Services.
 const SERVICE_PORT: i32 = 80;
+/// What a revision's private Service's name adds to the revision's.
+const PRIVATE_SERVICE_SUFFIX: &str = "-private";
+/// The label upstream marks a revision's Services with (`Public` or
+/// `Private`).
+const SERVICE_TYPE_LABEL: &str = "networking.internal.knative.dev/serviceType";
+/// [`SERVICE_TYPE_LABEL`]'s value on the private Service.
+const PRIVATE_SERVICE_TYPE: &str = "Private";
 /// Container waiting reasons that mean the image cannot be had.
 const IMAGE_WAITING_REASONS: &[&str] = &[
     "ErrImagePull",
@@ -734,10 +749,12 @@ pub fn desired_deployment(
     })
 }
 
-/// The Service in front of `spec`'s replicas: `<revision>`, port 80 to the
-/// container port, or to the queue-proxy's [`QUEUE_SERVING_PORT`] (named
-/// `http`: it speaks HTTP/1) when `config` has a sidecar.
-pub fn desired_service(spec: &WorkloadSpec, config: &KubeWorkloadConfig) -> Service {
+/// The port 80 both Services send requests to: the container port, or the
+/// queue-proxy's [`QUEUE_SERVING_PORT`] (named `http`: it speaks HTTP/1)
+/// when `config` has a sidecar; `http2` with `appProtocol:
+/// kubernetes.io/h2c` when there is none and the container port is named
+/// `h2c`.
+fn serving_port(spec: &WorkloadSpec, config: &KubeWorkloadConfig) -> ServicePort {
     let target = match config.queue_proxy {
         Some(_) => QUEUE_SERVING_PORT,
         None => spec.container_port,
@@ -755,23 +772,80 @@ pub fn desired_service(spec: &WorkloadSpec, config: &KubeWorkloadConfig) -> Serv
     } else {
         ("http", None)
     };
+    ServicePort {
+        name: Some(name.to_owned()),
+        port: SERVICE_PORT,
+        protocol: Some("TCP".to_owned()),
+        target_port: Some(IntOrString::Int(i32::from(target))),
+        app_protocol,
+        ..ServicePort::default()
+    }
+}
+
+/// A ClusterIP Service named `name` selecting `spec`'s pods.
+fn revision_service(spec: &WorkloadSpec, name: String, ports: Vec<ServicePort>) -> Service {
     Service {
-        metadata: object_meta(spec, spec.key.revision.clone()),
+        metadata: object_meta(spec, name),
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".to_owned()),
             selector: Some(selector(spec)),
-            ports: Some(vec![ServicePort {
-                name: Some(name.to_owned()),
-                port: SERVICE_PORT,
-                protocol: Some("TCP".to_owned()),
-                target_port: Some(IntOrString::Int(i32::from(target))),
-                app_protocol,
-                ..ServicePort::default()
-            }]),
+            ports: Some(ports),
             ..ServiceSpec::default()
         }),
         status: None,
     }
+}
+
+/// The Service in front of `spec`'s replicas: `<revision>`, port 80 to the
+/// container port, or to the queue-proxy's [`QUEUE_SERVING_PORT`] (named
+/// `http`: it speaks HTTP/1) when `config` has a sidecar.
+pub fn desired_service(spec: &WorkloadSpec, config: &KubeWorkloadConfig) -> Service {
+    revision_service(
+        spec,
+        spec.key.revision.clone(),
+        vec![serving_port(spec, config)],
+    )
+}
+
+/// The name of a revision's private Service: `<revision>-private`.
+pub fn private_service_name(revision: &str) -> String {
+    child_name(revision, PRIVATE_SERVICE_SUFFIX)
+}
+
+/// The private Service of `spec`'s replicas, `<revision>-private`
+/// (upstream's `MakePrivateService`): the same selector, labels and owner
+/// as [`desired_service`], labelled
+/// `networking.internal.knative.dev/serviceType: Private`, with the same
+/// port 80; with a queue-proxy sidecar also its `http-queueadm`
+/// ([`QUEUE_ADMIN_PORT`]), `http-autometric` ([`QUEUE_METRICS_PORT`]) and
+/// `http-usermetric` ([`QUEUE_USER_METRICS_PORT`]) ports, each to the same
+/// port of the pod.
+pub fn desired_private_service(spec: &WorkloadSpec, config: &KubeWorkloadConfig) -> Service {
+    let mut ports = vec![serving_port(spec, config)];
+    if config.queue_proxy.is_some() {
+        ports.extend(
+            QUEUE_PORTS
+                .iter()
+                .filter(|(_, port)| *port != QUEUE_SERVING_PORT)
+                .map(|(name, port)| ServicePort {
+                    name: Some((*name).to_owned()),
+                    port: i32::from(*port),
+                    protocol: Some("TCP".to_owned()),
+                    target_port: Some(IntOrString::Int(i32::from(*port))),
+                    ..ServicePort::default()
+                }),
+        );
+    }
+    let mut service = revision_service(spec, private_service_name(&spec.key.revision), ports);
+    service
+        .metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(
+            SERVICE_TYPE_LABEL.to_owned(),
+            PRIVATE_SERVICE_TYPE.to_owned(),
+        );
+    service
 }
 
 /// What a backend's watchers have seen of one revision.
@@ -987,11 +1061,20 @@ impl Observed for Pod {
 }
 
 impl Observed for EndpointSlice {
+    /// The revision of a slice of its public Service `<revision>`; the
+    /// private Service's slices (which inherit the revision's labels too)
+    /// are not followed.
     fn key(&self) -> Option<WorkloadKey> {
         let labels = self.labels();
         let service = labels
             .get(SERVICE_NAME_LABEL)
             .or_else(|| labels.get(keys::REVISION))?;
+        if labels
+            .get(keys::REVISION)
+            .is_some_and(|revision| revision != service)
+        {
+            return None;
+        }
         Some(WorkloadKey::new(self.namespace()?, service.clone()))
     }
     fn put(self, observation: &mut Observation) {
@@ -1023,7 +1106,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Runs revisions as Deployments and Services. See the [module docs](self).
+/// Runs revisions as Deployments and Services (public and private). See
+/// the [module docs](self).
 ///
 /// Cheap to clone: clones share their workloads.
 #[derive(Clone)]
@@ -1261,6 +1345,12 @@ impl WorkloadBackend for KubeWorkloadBackend {
                 .patch(&key.revision, &self.apply_params(), &Patch::Apply(&service))
                 .await
                 .map_err(|e| runtime(key, format!("cannot apply Service {}", key.revision), e))?;
+            let private = desired_private_service(spec, &self.inner.config);
+            let private_name = private_service_name(&key.revision);
+            self.services(&key.namespace)
+                .patch(&private_name, &self.apply_params(), &Patch::Apply(&private))
+                .await
+                .map_err(|e| runtime(key, format!("cannot apply Service {private_name}"), e))?;
             {
                 let mut workloads = lock(&self.inner.workloads);
                 let tracked = workloads.entry(key.clone()).or_insert_with(|| Tracked {
@@ -1322,19 +1412,17 @@ impl WorkloadBackend for KubeWorkloadBackend {
                     return Err(runtime(key, format!("cannot delete Deployment {name}"), e));
                 }
             }
-            match self
-                .services(&key.namespace)
-                .delete(&key.revision, &params)
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => {
-                    return Err(runtime(
-                        key,
-                        format!("cannot delete Service {}", key.revision),
-                        e,
-                    ));
+            for service in [key.revision.clone(), private_service_name(&key.revision)] {
+                match self
+                    .services(&key.namespace)
+                    .delete(&service, &params)
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => {
+                        return Err(runtime(key, format!("cannot delete Service {service}"), e));
+                    }
                 }
             }
             lock(&self.inner.workloads).remove(key);

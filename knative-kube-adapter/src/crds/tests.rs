@@ -209,6 +209,43 @@ fn expected() -> Vec<Expected> {
     ]
 }
 
+/// The versions upstream serves besides `v1` (the "served" column of
+/// `specs/CRDS.md`).
+fn upstream_also_served(name: &str) -> &'static [&'static str] {
+    match name {
+        "pingsources.sources.knative.dev" => &["v1beta2"],
+        "tasks.tekton.dev" | "pipelines.tekton.dev" => &["v1beta1"],
+        _ => &[],
+    }
+}
+
+#[test]
+fn older_served_versions_are_added_once_and_only_where_upstream_serves_them() {
+    let crds = all();
+    let multi: Vec<_> = crds
+        .iter()
+        .filter(|c| c.spec.versions.len() > 1)
+        .filter_map(|c| c.metadata.name.as_deref())
+        .collect();
+    assert_eq!(
+        multi,
+        [
+            "pingsources.sources.knative.dev",
+            "tasks.tekton.dev",
+            "pipelines.tekton.dev"
+        ]
+    );
+    for crd in &crds {
+        // Exactly one storage version; adding again changes nothing.
+        let storage = crd.spec.versions.iter().filter(|v| v.storage).count();
+        assert_eq!(storage, 1, "{:?}", crd.metadata.name);
+        assert!(crd.spec.versions.iter().all(|v| v.served));
+        assert_eq!(&with_served_versions(crd.clone()), crd);
+    }
+    assert_eq!(also_served("services.serving.knative.dev"), &[] as &[&str]);
+    assert_eq!(also_served("tasks.tekton.dev"), ["v1beta1"]);
+}
+
 /// kubectl reads `'Ready'` and `"Ready"` alike (upstream Serving writes the
 /// first, Eventing and Tekton the second).
 fn same_json_path(a: &str, b: &str) -> bool {
@@ -241,10 +278,38 @@ fn every_crd_matches_the_upstream_names_categories_and_printer_columns() {
             want.name
         );
         assert_eq!(crd.spec.scope, "Namespaced", "{}", want.name);
-        assert_eq!(crd.spec.versions.len(), 1, "{}", want.name);
+        let versions: Vec<(&str, bool, bool)> = crd
+            .spec
+            .versions
+            .iter()
+            .map(|v| (v.name.as_str(), v.served, v.storage))
+            .collect();
+        let mut want_versions = vec![("v1", true, true)];
+        want_versions.extend(
+            upstream_also_served(want.name)
+                .iter()
+                .map(|v| (*v, true, false)),
+        );
+        assert_eq!(versions, want_versions, "{}: versions", want.name);
         let version = &crd.spec.versions[0];
-        assert_eq!(version.name, "v1", "{}", want.name);
-        assert!(version.served && version.storage, "{}", want.name);
+        for other in &crd.spec.versions[1..] {
+            assert_eq!(
+                (
+                    &other.schema,
+                    &other.subresources,
+                    &other.additional_printer_columns
+                ),
+                (
+                    &version.schema,
+                    &version.subresources,
+                    &version.additional_printer_columns
+                ),
+                "{}: {} is served like v1",
+                want.name,
+                other.name
+            );
+            assert_eq!(other.deprecated, version.deprecated, "{}", want.name);
+        }
         let columns = version
             .additional_printer_columns
             .clone()

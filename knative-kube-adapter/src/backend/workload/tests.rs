@@ -722,6 +722,27 @@ async fn ensure_scale_and_remove_call_the_api_server() -> Result<(), BackendErro
     assert_eq!(service["metadata"]["name"], "hello-00001");
     assert_eq!(service["metadata"]["ownerReferences"][0]["uid"], "rev-uid");
     assert_eq!(service["spec"]["ports"][0]["targetPort"], 8080);
+    let private_path = format!("{SERVICES}/hello-00001-private");
+    let private = server
+        .expect(Method::PATCH, &private_path, APPLY, 200, json!({}))
+        .await
+        .body;
+    assert_eq!(private["kind"], "Service");
+    assert_eq!(private["metadata"]["name"], "hello-00001-private");
+    assert_eq!(
+        private["metadata"]["labels"]["networking.internal.knative.dev/serviceType"],
+        "Private"
+    );
+    assert_eq!(
+        private["metadata"]["labels"]["serving.knative.dev/revision"],
+        "hello-00001"
+    );
+    assert_eq!(private["metadata"]["ownerReferences"][0]["uid"], "rev-uid");
+    assert_eq!(private["spec"]["selector"], service["spec"]["selector"]);
+    assert_eq!(
+        private["spec"]["ports"],
+        json!([{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}])
+    );
     call.await.expect("ensure runs")?;
 
     let call = {
@@ -756,6 +777,9 @@ async fn ensure_scale_and_remove_call_the_api_server() -> Result<(), BackendErro
     server
         .expect(Method::PATCH, &service_path, APPLY, 200, json!({}))
         .await;
+    server
+        .expect(Method::PATCH, &private_path, APPLY, 200, json!({}))
+        .await;
     call.await.expect("ensure runs")?;
 
     let call = {
@@ -777,6 +801,17 @@ async fn ensure_scale_and_remove_call_the_api_server() -> Result<(), BackendErro
     server
         .expect(Method::DELETE, &service_path, &[], 404, not_found())
         .await;
+    let deleted = server
+        .expect(
+            Method::DELETE,
+            &private_path,
+            &[],
+            200,
+            status(200, "Success"),
+        )
+        .await
+        .body;
+    assert_eq!(deleted["propagationPolicy"], "Background");
     call.await.expect("remove runs")?;
     server.expect_no_request().await;
     assert!(matches!(
@@ -828,15 +863,17 @@ async fn watch_events_update_the_status_channel() -> Result<(), BackendError> {
     server
         .expect(Method::PATCH, &deployment_path, APPLY, 200, json!({}))
         .await;
-    server
-        .expect(
-            Method::PATCH,
-            &format!("{SERVICES}/hello-00001"),
-            APPLY,
-            200,
-            json!({}),
-        )
-        .await;
+    for name in ["hello-00001", "hello-00001-private"] {
+        server
+            .expect(
+                Method::PATCH,
+                &format!("{SERVICES}/{name}"),
+                APPLY,
+                200,
+                json!({}),
+            )
+            .await;
+    }
     call.await.expect("ensure runs")?;
     let mut status = backend.status(&key)?;
 
@@ -859,6 +896,19 @@ async fn watch_events_update_the_status_channel() -> Result<(), BackendError> {
         &mut slices,
     );
     assert!(status.borrow_and_update().ready.is_empty());
+
+    // The private Service's slices (with the revision's labels too) do
+    // not count.
+    let mut private = slice(&[("pod-a", "10.0.0.1", Some(true), None)]);
+    private.metadata.name = Some("hello-00001-private-fghij".into());
+    private.labels_mut().insert(
+        SERVICE_NAME_LABEL.to_owned(),
+        "hello-00001-private".to_owned(),
+    );
+    assert_eq!(private.key(), None);
+    backend.observe(Event::Apply(private), &mut slices);
+    assert!(!status.has_changed().unwrap_or(true));
+    assert!(status.borrow().ready.is_empty());
 
     let mut pods = Vec::new();
     backend.observe(
@@ -1406,7 +1456,107 @@ async fn ensure_applies_the_queue_proxy_sidecar() -> Result<(), BackendError> {
         service["spec"]["ports"],
         json!([{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8012}])
     );
+    let private = server
+        .expect(
+            Method::PATCH,
+            &format!("{SERVICES}/hello-00001-private"),
+            APPLY,
+            200,
+            json!({}),
+        )
+        .await
+        .body;
+    assert_eq!(
+        private["spec"]["ports"],
+        json!([
+            {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8012},
+            {"name": "http-queueadm", "port": 8022, "protocol": "TCP", "targetPort": 8022},
+            {"name": "http-autometric", "port": 9090, "protocol": "TCP", "targetPort": 9090},
+            {"name": "http-usermetric", "port": 9091, "protocol": "TCP", "targetPort": 9091},
+        ])
+    );
     call.await.expect("ensure runs")?;
     server.expect_no_request().await;
     Ok(())
+}
+
+#[test]
+fn private_service_selects_the_revision_pods_with_queue_proxy_ports_only_with_a_sidecar() {
+    let cases = [
+        (
+            None,
+            KubeWorkloadConfig::default(),
+            vec![("http2", 80, 9000)],
+        ),
+        (
+            None,
+            with_sidecar(),
+            vec![
+                ("http", 80, 8012),
+                ("http-queueadm", 8022, 8022),
+                ("http-autometric", 9090, 9090),
+                ("http-usermetric", 9091, 9091),
+            ],
+        ),
+        (
+            Some("rev-uid"),
+            KubeWorkloadConfig::default(),
+            vec![("http2", 80, 9000)],
+        ),
+    ];
+    for (uid, config, want_ports) in cases {
+        let mut s = spec(Container {
+            ports: Some(vec![ContainerPort {
+                name: Some("h2c".into()),
+                container_port: 9000,
+                ..ContainerPort::default()
+            }]),
+            ..image("hello")
+        });
+        s.container_port = 9000;
+        if uid.is_none() {
+            s.labels.remove(keys::REVISION_UID);
+        }
+        let public = desired_service(&s, &config);
+        let private = desired_private_service(&s, &config);
+        let deployment = desired_deployment(&s, 1, &config).expect("a deployment");
+        assert_eq!(
+            private.metadata.name.as_deref(),
+            Some("hello-00001-private")
+        );
+        assert_eq!(private.metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(private.metadata.owner_references, Some(vec![owner()]));
+        let mut want_labels = s.labels.clone();
+        want_labels.insert(
+            "networking.internal.knative.dev/serviceType".into(),
+            "Private".into(),
+        );
+        assert_eq!(private.metadata.labels, Some(want_labels));
+        let spec = private.spec.expect("a spec");
+        assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+        assert_eq!(spec.selector, deployment.spec.selector.match_labels);
+        assert_eq!(spec.selector, public.spec.and_then(|p| p.selector));
+        let ports: Vec<(&str, i32, IntOrString)> = spec
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| {
+                (
+                    p.name.as_deref().unwrap_or_default(),
+                    p.port,
+                    p.target_port.clone().unwrap_or(IntOrString::Int(0)),
+                )
+            })
+            .collect();
+        let want: Vec<(&str, i32, IntOrString)> = want_ports
+            .iter()
+            .map(|(name, port, target)| (*name, *port, IntOrString::Int(*target)))
+            .collect();
+        assert_eq!(ports, want, "uid={uid:?}");
+    }
+    assert_eq!(
+        private_service_name(&"r".repeat(70)).len(),
+        63,
+        "shortened like kmeta.ChildName"
+    );
 }
