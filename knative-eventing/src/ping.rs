@@ -47,9 +47,8 @@ use croner::parser::{CronParser, Seconds, Year};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
-use crate::api::sources::{
-    CeOverrides, PingSource, RESERVED_ATTRIBUTE_NAMES, is_json_content_type,
-};
+use crate::api::sources::{CeOverrides, PingSource, RESERVED_ATTRIBUTE_NAMES};
+use crate::binding;
 
 /// Environment variable with the resolved sink URL.
 pub const ENV_SINK: &str = "K_SINK";
@@ -378,11 +377,22 @@ fn to_chrono(t: Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {
 ///
 /// Type `dev.knative.sources.ping`, source
 /// `/apis/v1/namespaces/{ns}/pingsources/{name}`, a fresh UUID as id, the
-/// fire time as `time`; the body is `data` (parsed JSON when `contentType`
-/// is `application/json`, else text) or the decoded `dataBase64` (binary),
-/// with `contentType` as `datacontenttype`; `ceOverrides` extensions are
-/// added (names of context attributes are skipped). Validation rejects
-/// `dataBase64` that does not decode; such a body is left out.
+/// fire time as `time`; `contentType` is the `datacontenttype`.
+/// `ceOverrides` extensions are added (names of context attributes are
+/// skipped).
+///
+/// The body is sent as written, as upstream's adapter sends the bytes of
+/// `spec.data`: `data` is never parsed and re-encoded (which would reorder
+/// object members and drop whitespace).
+///
+/// - `dataBase64`: the decoded bytes, [`Data::Binary`]. Validation rejects
+///   `dataBase64` that does not decode; such a body is left out.
+/// - `data` under a JSON content type (`application/json`, `*/json`,
+///   `*/*+json`) or no content type: its bytes, [`Data::Binary`]. Binary
+///   mode sends them as the body; structured mode as `data_base64` (the
+///   JSON format's member for data that is kept as bytes).
+/// - `data` under any other content type: [`Data::String`], which binary
+///   mode sends as the body and structured mode as a `data` string.
 pub fn ping_event(source: &PingSource, fire_time: Timestamp) -> Event {
     let spec = &source.spec;
     let mut event = Event::default();
@@ -398,11 +408,10 @@ pub fn ping_event(source: &PingSource, fire_time: Timestamp) -> Event {
             .map(Data::Binary)
     } else if spec.data.is_empty() {
         None
-    } else if is_json_content_type(&spec.content_type) {
-        Some(
-            serde_json::from_str(&spec.data)
-                .map_or_else(|_| Data::String(spec.data.clone()), Data::Json),
-        )
+    } else if spec.content_type.is_empty() || binding::is_json_content_type(&spec.content_type) {
+        // The binding writes string data under a JSON (or no) content type
+        // as a JSON string literal: bytes go out as they are.
+        Some(Data::Binary(spec.data.as_bytes().to_vec()))
     } else {
         Some(Data::String(spec.data.clone()))
     };
@@ -444,6 +453,7 @@ pub fn sink_env(sink_uri: &str, overrides: Option<&CeOverrides>) -> Vec<(String,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cloudevents::AttributesReader;
 
     fn ts(s: &str) -> Timestamp {
         s.parse().expect("timestamp")
@@ -514,6 +524,70 @@ mod tests {
             Schedule::parse("CRON_TZ=Asia/Tokyo 0 9 * * *", Some("UTC")),
             Err(ScheduleError::TimezoneTwice(_))
         ));
+    }
+
+    fn source(content_type: &str, data: &str) -> PingSource {
+        let mut source: PingSource = serde_yaml::from_str(
+            "metadata: {name: p, namespace: ns}\nspec: {schedule: '* * * * *'}\n",
+        )
+        .expect("ping source");
+        source.spec.content_type = content_type.to_owned();
+        source.spec.data = data.to_owned();
+        source
+    }
+
+    const UNSORTED: &str = r#"{"b":1,  "a":2}"#;
+
+    #[test]
+    fn json_data_is_sent_byte_for_byte() {
+        let event = ping_event(
+            &source("application/json", UNSORTED),
+            ts("2026-03-01T10:06:00Z"),
+        );
+        assert_eq!(event.datacontenttype(), Some("application/json"));
+        let (headers, body) = binding::write_binary(&event).expect("binary");
+        assert_eq!(std::str::from_utf8(&body), Ok(UNSORTED));
+        assert_eq!(
+            headers
+                .get(http::header::CONTENT_TYPE)
+                .map(|v| v.as_bytes()),
+            Some(&b"application/json"[..])
+        );
+
+        // Structured mode: valid JSON whose data decodes to the same bytes.
+        let (headers, body) = binding::write_structured(&event).expect("structured");
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("valid JSON");
+        assert_eq!(json["datacontenttype"], "application/json");
+        let (_, read) = binding::read_request(&headers, &body, &binding::Limits::default())
+            .expect("reads back");
+        assert_eq!(
+            read[0].data(),
+            Some(&Data::Binary(UNSORTED.as_bytes().to_vec()))
+        );
+
+        // `+json` types and no content type at all: the bytes too, not a
+        // JSON string literal.
+        for ct in ["application/vnd.shop+json", ""] {
+            let event = ping_event(&source(ct, UNSORTED), ts("2026-03-01T10:06:00Z"));
+            let (headers, body) = binding::write_binary(&event).expect("binary");
+            assert_eq!(std::str::from_utf8(&body), Ok(UNSORTED), "{ct:?}");
+            let sent_ct = headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            assert_eq!(sent_ct, Some(ct).filter(|c| !c.is_empty()), "{ct:?}");
+        }
+    }
+
+    #[test]
+    fn text_data_is_sent_as_written() {
+        let text = "  ping,  pong ";
+        let event = ping_event(&source("text/plain", text), ts("2026-03-01T10:06:00Z"));
+        assert_eq!(event.data(), Some(&Data::String(text.to_owned())));
+        let (_, body) = binding::write_binary(&event).expect("binary");
+        assert_eq!(std::str::from_utf8(&body), Ok(text));
+        let (_, body) = binding::write_structured(&event).expect("structured");
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("valid JSON");
+        assert_eq!(json["data"], text);
     }
 
     #[test]

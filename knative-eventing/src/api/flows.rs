@@ -156,7 +156,7 @@ pub type ParallelSubscriptionStatus = SequenceSubscriptionStatus;
 #[serde(rename_all = "camelCase")]
 pub struct SequenceStatus {
     /// Conditions: `Ready` over `ChannelsReady`, `SubscriptionsReady`,
-    /// `Addressable`.
+    /// `Addressable`, `EventPoliciesReady`.
     #[serde(flatten)]
     pub status: Status,
     /// One per step, in order.
@@ -168,12 +168,17 @@ pub struct SequenceStatus {
     /// Where to post events: the first step's channel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<Addressable>,
+    /// Every address of the first step's channel (e.g. http and https), so
+    /// that a reference with `address` can pick one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<Addressable>,
 }
 
 /// Condition types shared by Sequence and Parallel.
 const CHANNELS_READY: &str = "ChannelsReady";
 const SUBSCRIPTIONS_READY: &str = "SubscriptionsReady";
 const ADDRESSABLE: &str = "Addressable";
+const EVENT_POLICIES_READY: &str = super::messaging::CONDITION_EVENT_POLICIES_READY;
 
 impl Sequence {
     /// Every generated channel is Ready.
@@ -182,10 +187,20 @@ impl Sequence {
     pub const CONDITION_SUBSCRIPTIONS_READY: &'static str = SUBSCRIPTIONS_READY;
     /// The Sequence has an address.
     pub const CONDITION_ADDRESSABLE: &'static str = ADDRESSABLE;
+    /// The EventPolicies that apply to the Sequence are ready (always `True`
+    /// here: authorization needs the OIDC feature, which this crate does
+    /// not implement).
+    pub const CONDITION_EVENT_POLICIES_READY: &'static str = EVENT_POLICIES_READY;
 
-    /// `Ready` over `ChannelsReady`, `SubscriptionsReady` and `Addressable`.
+    /// `Ready` over `ChannelsReady`, `SubscriptionsReady`, `Addressable`
+    /// and `EventPoliciesReady`, as upstream.
     pub fn condition_set() -> ConditionSet {
-        ConditionSet::living(&[CHANNELS_READY, SUBSCRIPTIONS_READY, ADDRESSABLE])
+        ConditionSet::living(&[
+            CHANNELS_READY,
+            SUBSCRIPTIONS_READY,
+            ADDRESSABLE,
+            EVENT_POLICIES_READY,
+        ])
     }
 
     /// The channel in front of step `step`: `{name}-kn-sequence-{step}`.
@@ -331,7 +346,7 @@ pub struct ParallelBranchStatus {
 #[serde(rename_all = "camelCase")]
 pub struct ParallelStatus {
     /// Conditions: `Ready` over `ChannelsReady`, `SubscriptionsReady`,
-    /// `Addressable`.
+    /// `Addressable`, `EventPoliciesReady`.
     #[serde(flatten)]
     pub status: Status,
     /// The ingress channel.
@@ -355,10 +370,20 @@ impl Parallel {
     pub const CONDITION_SUBSCRIPTIONS_READY: &'static str = SUBSCRIPTIONS_READY;
     /// The Parallel has an address.
     pub const CONDITION_ADDRESSABLE: &'static str = ADDRESSABLE;
+    /// The EventPolicies that apply to the Parallel are ready (always `True`
+    /// here: authorization needs the OIDC feature, which this crate does
+    /// not implement).
+    pub const CONDITION_EVENT_POLICIES_READY: &'static str = EVENT_POLICIES_READY;
 
-    /// `Ready` over `ChannelsReady`, `SubscriptionsReady` and `Addressable`.
+    /// `Ready` over `ChannelsReady`, `SubscriptionsReady`, `Addressable`
+    /// and `EventPoliciesReady`, as upstream.
     pub fn condition_set() -> ConditionSet {
-        ConditionSet::living(&[CHANNELS_READY, SUBSCRIPTIONS_READY, ADDRESSABLE])
+        ConditionSet::living(&[
+            CHANNELS_READY,
+            SUBSCRIPTIONS_READY,
+            ADDRESSABLE,
+            EVENT_POLICIES_READY,
+        ])
     }
 
     /// The ingress channel: `{name}-kn-parallel`.
@@ -474,5 +499,35 @@ mod tests {
             Some("a")
         );
         assert_eq!(step.delivery.and_then(|d| d.retry), Some(2));
+    }
+
+    #[test]
+    fn flows_are_gated_on_their_event_policies() {
+        let want = [
+            "ChannelsReady",
+            "SubscriptionsReady",
+            "Addressable",
+            "EventPoliciesReady",
+        ];
+        assert_eq!(Sequence::condition_set().dependents(), want);
+        assert_eq!(Parallel::condition_set().dependents(), want);
+    }
+
+    #[test]
+    fn a_sequence_status_lists_its_addresses() {
+        let status: SequenceStatus = serde_yaml::from_str(
+            "address: {url: 'http://c/ns/s-kn-sequence-0'}\naddresses:\n  - {name: http, url: 'http://c/ns/s-kn-sequence-0'}\n  - {name: https, url: 'https://c/ns/s-kn-sequence-0'}\n",
+        )
+        .expect("parses");
+        let names: Vec<_> = status
+            .addresses
+            .iter()
+            .map(|a| a.name.as_deref().unwrap_or_default())
+            .collect();
+        assert_eq!(names, ["http", "https"]);
+        let json = serde_json::to_value(&status).expect("serialises");
+        assert_eq!(json["addresses"][1]["url"], "https://c/ns/s-kn-sequence-0");
+        let empty = serde_json::to_value(SequenceStatus::default()).expect("serialises");
+        assert!(empty.get("addresses").is_none(), "{empty}");
     }
 }

@@ -34,6 +34,11 @@ pub const GROUP: &str = "messaging.knative.dev";
 pub const API_VERSION: &str = "messaging.knative.dev/v1";
 /// The kind of the in-memory channel implementation.
 pub const IN_MEMORY_CHANNEL_KIND: &str = "InMemoryChannel";
+/// The condition type, on channels and flows, saying whether the
+/// EventPolicies that apply to the object are ready (upstream's
+/// `EventPoliciesReady`). Always `True` here: authorization needs the OIDC
+/// feature, which this crate does not implement.
+pub const CONDITION_EVENT_POLICIES_READY: &str = "EventPoliciesReady";
 /// Annotation naming the version of the Subscribable duck a channel speaks;
 /// defaulting sets it to `v1` on Channels.
 pub const SUBSCRIBABLE_DUCK_VERSION_ANNOTATION: &str = "messaging.knative.dev/subscribable";
@@ -305,14 +310,18 @@ impl Channel {
     pub const CONDITION_ADDRESSABLE: &'static str = "Addressable";
     /// The dead-letter sink resolved (or none is configured).
     pub const CONDITION_DEAD_LETTER_SINK_RESOLVED: &'static str = "DeadLetterSinkResolved";
+    /// The EventPolicies that apply to the channel are ready (see
+    /// [`CONDITION_EVENT_POLICIES_READY`](crate::api::messaging::CONDITION_EVENT_POLICIES_READY)).
+    pub const CONDITION_EVENT_POLICIES_READY: &'static str = CONDITION_EVENT_POLICIES_READY;
 
-    /// `Ready` over `BackingChannelReady`, `Addressable` and
-    /// `DeadLetterSinkResolved`.
+    /// `Ready` over `BackingChannelReady`, `Addressable`,
+    /// `DeadLetterSinkResolved` and `EventPoliciesReady`, as upstream.
     pub fn condition_set() -> ConditionSet {
         ConditionSet::living(&[
             Self::CONDITION_BACKING_CHANNEL_READY,
             Self::CONDITION_ADDRESSABLE,
             Self::CONDITION_DEAD_LETTER_SINK_RESOLVED,
+            Self::CONDITION_EVENT_POLICIES_READY,
         ])
     }
 }
@@ -418,10 +427,14 @@ impl InMemoryChannel {
     pub const CONDITION_CHANNEL_SERVICE_READY: &'static str = "ChannelServiceReady";
     /// The dead-letter sink resolved (or none is configured).
     pub const CONDITION_DEAD_LETTER_SINK_RESOLVED: &'static str = "DeadLetterSinkResolved";
+    /// The EventPolicies that apply to the channel are ready (see
+    /// [`CONDITION_EVENT_POLICIES_READY`](crate::api::messaging::CONDITION_EVENT_POLICIES_READY)).
+    pub const CONDITION_EVENT_POLICIES_READY: &'static str = CONDITION_EVENT_POLICIES_READY;
 
     /// `Ready` over `ServiceReady`, `EndpointsReady`, `Addressable`,
-    /// `ChannelServiceReady` and `DeadLetterSinkResolved`, as upstream
-    /// (`DispatcherReady` is set but does not gate `Ready`).
+    /// `ChannelServiceReady`, `DeadLetterSinkResolved` and
+    /// `EventPoliciesReady`, as upstream (`DispatcherReady` is set but does
+    /// not gate `Ready`).
     pub fn condition_set() -> ConditionSet {
         ConditionSet::living(&[
             Self::CONDITION_SERVICE_READY,
@@ -429,6 +442,7 @@ impl InMemoryChannel {
             Self::CONDITION_ADDRESSABLE,
             Self::CONDITION_CHANNEL_SERVICE_READY,
             Self::CONDITION_DEAD_LETTER_SINK_RESOLVED,
+            Self::CONDITION_EVENT_POLICIES_READY,
         ])
     }
 }
@@ -526,7 +540,7 @@ pub struct PhysicalSubscription {
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionStatus {
     /// Conditions: `Ready` over `ReferencesResolved`, `AddedToChannel`,
-    /// `ChannelReady`.
+    /// `ChannelReady`, `OIDCIdentityCreated`.
     #[serde(flatten)]
     pub status: Status,
     /// The resolved destinations.
@@ -541,18 +555,20 @@ impl Subscription {
     pub const CONDITION_ADDED_TO_CHANNEL: &'static str = "AddedToChannel";
     /// The channel reports the subscriber ready.
     pub const CONDITION_CHANNEL_READY: &'static str = "ChannelReady";
-    /// The OIDC identity exists (only with the OIDC feature, which this
-    /// crate does not implement: not part of
-    /// [`condition_set`](Self::condition_set)).
+    /// The Subscription's OIDC identity (its service account) exists.
+    /// Always `True` here, with a reason saying the feature is disabled: the
+    /// OIDC feature (`authentication-oidc`) is not implemented by this
+    /// crate.
     pub const CONDITION_OIDC_IDENTITY_CREATED: &'static str = "OIDCIdentityCreated";
 
-    /// `Ready` over `ReferencesResolved`, `AddedToChannel` and
-    /// `ChannelReady`.
+    /// `Ready` over `ReferencesResolved`, `AddedToChannel`, `ChannelReady`
+    /// and `OIDCIdentityCreated`, as upstream.
     pub fn condition_set() -> ConditionSet {
         ConditionSet::living(&[
             Self::CONDITION_REFERENCES_RESOLVED,
             Self::CONDITION_ADDED_TO_CHANNEL,
             Self::CONDITION_CHANNEL_READY,
+            Self::CONDITION_OIDC_IDENTITY_CREATED,
         ])
     }
 }
@@ -694,8 +710,37 @@ mod tests {
         assert_eq!(set.happy(), "Ready");
         assert_eq!(
             set.dependents(),
-            ["ReferencesResolved", "AddedToChannel", "ChannelReady"]
+            [
+                "ReferencesResolved",
+                "AddedToChannel",
+                "ChannelReady",
+                "OIDCIdentityCreated"
+            ]
         );
         assert!(!InMemoryChannel::condition_set().is_terminal("DispatcherReady"));
+    }
+
+    #[test]
+    fn channels_are_gated_on_their_event_policies() {
+        assert_eq!(
+            InMemoryChannel::condition_set().dependents(),
+            [
+                "ServiceReady",
+                "EndpointsReady",
+                "Addressable",
+                "ChannelServiceReady",
+                "DeadLetterSinkResolved",
+                "EventPoliciesReady"
+            ]
+        );
+        assert_eq!(
+            Channel::condition_set().dependents(),
+            [
+                "BackingChannelReady",
+                "Addressable",
+                "DeadLetterSinkResolved",
+                "EventPoliciesReady"
+            ]
+        );
     }
 }

@@ -157,7 +157,7 @@ impl AddressResolver for EventingAddresses {
             (flows::GROUP, "Sequence") => {
                 let sequence = fetch(&*self.sequences, reference, ns).await?;
                 let status = sequence.status.unwrap_or_default();
-                pick(status.address.as_ref(), &[], reference, ns)
+                pick(status.address.as_ref(), &status.addresses, reference, ns)
             }
             (flows::GROUP, "Parallel") => {
                 let parallel = fetch(&*self.parallels, reference, ns).await?;
@@ -173,7 +173,7 @@ impl AddressResolver for EventingAddresses {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::ChannelableStatus;
+    use crate::api::{ChannelableStatus, SequenceStatus};
 
     fn reference(yaml: &str) -> KReference {
         serde_yaml::from_str(yaml).expect("reference")
@@ -244,5 +244,58 @@ mod tests {
             resolve("{apiVersion: serving.knative.dev/v1, kind: Service, name: app}").await,
             Ok("http://app.ns.svc.cluster.local".to_owned())
         );
+    }
+
+    #[tokio::test]
+    async fn a_sequence_reference_can_pick_one_of_its_addresses() {
+        let store = InMemoryStore::new();
+        let objects = EventingObjects::in_memory(&store);
+        let seq: Sequence =
+            serde_yaml::from_str("metadata: {name: s, namespace: ns}\nspec: {steps: []}\n")
+                .expect("sequence");
+        let mut seq = objects.sequences.create(&seq).await.expect("created");
+        let http = Addressable {
+            name: Some("http".into()),
+            url: Some("http://ingress/ns/s-kn-sequence-0".into()),
+            ..Addressable::default()
+        };
+        let https = Addressable {
+            name: Some("https".into()),
+            url: Some("https://ingress/ns/s-kn-sequence-0".into()),
+            ..Addressable::default()
+        };
+        seq.status = Some(SequenceStatus {
+            address: Some(Addressable {
+                name: None,
+                ..http.clone()
+            }),
+            addresses: vec![http, https],
+            ..SequenceStatus::default()
+        });
+        objects
+            .sequences
+            .replace_status(&seq)
+            .await
+            .expect("status");
+        let resolver = EventingAddresses::new(&objects, None);
+        let resolve = |yaml: &'static str| {
+            let r = reference(yaml);
+            let resolver = &resolver;
+            async move { resolver.resolve_reference(&r, "ns").await }
+        };
+        assert_eq!(
+            resolve("{apiVersion: flows.knative.dev/v1, kind: Sequence, name: s}").await,
+            Ok("http://ingress/ns/s-kn-sequence-0".to_owned())
+        );
+        assert_eq!(
+            resolve("{apiVersion: flows.knative.dev/v1, kind: Sequence, name: s, address: https}")
+                .await,
+            Ok("https://ingress/ns/s-kn-sequence-0".to_owned())
+        );
+        let unknown =
+            resolve("{apiVersion: flows.knative.dev/v1, kind: Sequence, name: s, address: grpc}")
+                .await
+                .expect_err("no such address");
+        assert!(unknown.contains("no address named \"grpc\""), "{unknown}");
     }
 }

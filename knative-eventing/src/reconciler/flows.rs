@@ -17,6 +17,10 @@
 //!   else `spec.reply`). A filter passes an event by replying with it; an
 //!   empty 2xx drops it. The Parallel's address is the ingress channel's.
 //!
+//! A flow's `status.addresses` are its address channel's (channel 0 for a
+//! Sequence, the ingress channel for a Parallel), so a reference with
+//! `address` can pick one of them.
+//!
 //! Channels are of the `channelTemplate` kind (an InMemoryChannel when
 //! unset; other kinds are reported, as this crate only creates
 //! InMemoryChannels). Every child has a controller owner reference to the
@@ -26,6 +30,8 @@
 //! `SubscriptionsReady` and `Addressable` follow upstream (a Sequence marks
 //! what is not ready yet `Unknown`, a Parallel `False`, with reasons
 //! `ChannelsNotReady`, `SubscriptionsNotReady` and `emptyAddress`).
+//! `EventPoliciesReady` is `True` with reason `OIDCDisabled`, as upstream
+//! without the OIDC feature (not implemented here).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -39,7 +45,7 @@ use knative_core::store::{ApiObject, Objects, StoreError};
 use kube::core::Selector;
 use tracing::{Instrument, debug, info_span};
 
-use super::messaging::in_memory_channel_spec;
+use super::messaging::{in_memory_channel_spec, mark_event_policies_ready};
 use super::{
     ReconcileError, controller_reference, is_controlled_by, namespace_and_name, write_status,
 };
@@ -460,6 +466,7 @@ impl SequenceReconciler {
         let mut m = set.manage(&mut status.status.conditions);
         m.initialize();
         status.status.observed_generation = sequence.metadata.generation;
+        mark_event_policies_ready(&mut m);
         match sequence_children(&sequence) {
             Err(e) => {
                 m.mark_false(
@@ -536,13 +543,14 @@ impl SequenceReconciler {
                         "Subscriptions are not ready yet, or there are none",
                     );
                 }
-                match channels
-                    .first()
-                    .and_then(|c| c.as_ref().ok())
-                    .and_then(channel_address)
-                {
+                let first = channels.first().and_then(|c| c.as_ref().ok());
+                match first.and_then(channel_address) {
                     Some(address) => {
                         m.mark_true(Sequence::CONDITION_ADDRESSABLE);
+                        status.addresses = first
+                            .and_then(|c| c.status.as_ref())
+                            .map(|s| s.addresses.clone())
+                            .unwrap_or_default();
                         status.address = Some(Addressable {
                             url: address.url,
                             audience: address.audience,
@@ -556,6 +564,7 @@ impl SequenceReconciler {
                             "addressable is nil",
                         );
                         status.address = None;
+                        status.addresses.clear();
                     }
                 }
             }
@@ -659,6 +668,7 @@ impl ParallelReconciler {
         let mut m = set.manage(&mut status.status.conditions);
         m.initialize();
         status.status.observed_generation = parallel.metadata.generation;
+        mark_event_policies_ready(&mut m);
         match parallel_children(&parallel) {
             Err(e) => {
                 m.mark_false(
@@ -793,6 +803,9 @@ impl Reconciler<Parallel> for ParallelReconciler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::ChannelableStatus;
+    use knative_core::condition::find;
+    use knative_core::store::InMemoryStore;
 
     fn sequence(yaml: &str) -> Sequence {
         let mut s: Sequence = serde_yaml::from_str(yaml).expect("sequence");
@@ -989,5 +1002,93 @@ spec:
             assert_eq!(owners[0].kind, "Parallel");
             assert_eq!(owners[0].uid, "par-uid");
         }
+    }
+
+    fn addressable(name: &str, url: &str) -> Addressable {
+        Addressable {
+            name: Some(name.into()),
+            url: Some(url.into()),
+            ..Addressable::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sequence_takes_every_address_of_its_first_channel() {
+        let store = InMemoryStore::new();
+        let sequences: Arc<dyn Objects<Sequence>> = Arc::new(store.objects());
+        let channels: Arc<dyn Objects<InMemoryChannel>> = Arc::new(store.objects());
+        let subscriptions: Arc<dyn Objects<Subscription>> = Arc::new(store.objects());
+        let reconciler = SequenceReconciler::new(
+            Arc::clone(&sequences),
+            Arc::clone(&channels),
+            Arc::clone(&subscriptions),
+        );
+        let created = sequences
+            .create(&sequence(
+                "metadata: {name: seq, namespace: ns}\nspec:\n  steps: [{uri: 'http://a'}, {uri: 'http://b'}]\n",
+            ))
+            .await
+            .expect("created");
+        reconciler
+            .reconcile(Arc::new(created))
+            .await
+            .expect("reconciled");
+        let status = |s: Sequence| s.status.expect("status");
+        let seq = sequences.get(Some("ns"), "seq").await.expect("sequence");
+        let before = status(seq);
+        assert!(before.addresses.is_empty());
+        assert_eq!(before.address, None);
+        // Upstream marks EventPoliciesReady True while OIDC is off.
+        let policies =
+            find(&before.status.conditions, "EventPoliciesReady").expect("EventPoliciesReady");
+        assert!(policies.is_true());
+        assert_eq!(policies.reason, "OIDCDisabled");
+        assert_eq!(
+            policies.message,
+            "Feature \"authentication-oidc\" must be enabled to support Authorization"
+        );
+
+        let http = addressable("http", "http://ingress/ns/seq-kn-sequence-0");
+        let https = addressable("https", "https://ingress/ns/seq-kn-sequence-0");
+        let mut first = channels
+            .get(Some("ns"), "seq-kn-sequence-0")
+            .await
+            .expect("channel 0");
+        first.status = Some(ChannelableStatus {
+            address: Some(http.clone()),
+            addresses: vec![http.clone(), https.clone()],
+            ..ChannelableStatus::default()
+        });
+        channels.replace_status(&first).await.expect("status");
+        let mut second = channels
+            .get(Some("ns"), "seq-kn-sequence-1")
+            .await
+            .expect("channel 1");
+        second.status = Some(ChannelableStatus {
+            address: Some(addressable("http", "http://ingress/ns/seq-kn-sequence-1")),
+            ..ChannelableStatus::default()
+        });
+        channels.replace_status(&second).await.expect("status");
+
+        let seq = sequences.get(Some("ns"), "seq").await.expect("sequence");
+        reconciler
+            .reconcile(Arc::new(seq))
+            .await
+            .expect("reconciled");
+        let seq = sequences.get(Some("ns"), "seq").await.expect("sequence");
+        let after = status(seq);
+        assert_eq!(after.addresses, [http, https]);
+        assert_eq!(
+            after.address,
+            Some(Addressable {
+                url: Some("http://ingress/ns/seq-kn-sequence-0".into()),
+                ..Addressable::default()
+            })
+        );
+        assert!(
+            find(&after.status.conditions, "Addressable").is_some_and(Condition::is_true),
+            "{:?}",
+            after.status.conditions
+        );
     }
 }

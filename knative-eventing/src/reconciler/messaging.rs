@@ -8,8 +8,8 @@
 //!   has the address `{ingress}/{namespace}/{name}`, `subscribers[]`
 //!   (`ready: True` once programmed) and upstream's conditions
 //!   (`ServiceReady`, `EndpointsReady`, `ChannelServiceReady`,
-//!   `Addressable`, `DeadLetterSinkResolved`; the informational
-//!   `DispatcherReady`), all `True` when programmed.
+//!   `Addressable`, `DeadLetterSinkResolved`, `EventPoliciesReady`; the
+//!   informational `DispatcherReady`), all `True` when programmed.
 //! - [`ChannelReconciler`] creates the backing channel from
 //!   `spec.channelTemplate` (an InMemoryChannel of the same name, owned by
 //!   the Channel, with the Channel's subscribers and delivery; other kinds
@@ -18,6 +18,7 @@
 //!   (`BackingChannelReady`), address (`Addressable`, reason
 //!   `EmptyHostname` when it has none), subscribers and dead-letter sink
 //!   into the Channel's status, with `status.channel` naming it.
+//!   `EventPoliciesReady` is `True`.
 //! - [`SubscriptionReconciler`] resolves the channel (a Channel or an
 //!   InMemoryChannel), the subscriber, the reply and the dead-letter sink
 //!   (`ReferencesResolved`, reasons `ChannelReferenceFailed`,
@@ -28,7 +29,14 @@
 //!   `PhysicalChannelSyncFailed` when the write fails) and waits for the
 //!   channel to list it ready in `status.subscribers` at its generation
 //!   (`ChannelReady`; reason `SubscriptionNotMarkedReadyByChannel`
-//!   otherwise). Its finalizer takes it out of the channel again.
+//!   otherwise). `OIDCIdentityCreated` is `True` with reason
+//!   `authentication-oidc feature disabled`. Its finalizer takes it out of
+//!   the channel again.
+//!
+//! OIDC and authorization are not implemented, so as upstream with the
+//! `authentication-oidc` feature off, `EventPoliciesReady` is `True` with
+//! reason `OIDCDisabled` (message `Feature "authentication-oidc" must be
+//! enabled to support Authorization`) on channels and flows.
 //!
 //! The conditions mean what upstream's mean (`AddedToChannel`: the entry
 //! is in the channel's spec; `ChannelReady`: the channel reports the
@@ -38,7 +46,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use knative_core::condition::{ConditionStatus, READY};
+use knative_core::condition::{ConditionManager, ConditionStatus, READY};
 use knative_core::runtime::{Action, Controller, Reconciler};
 use knative_core::store::{ObjectKey, Objects, StoreError};
 use tracing::{Instrument, debug, info_span};
@@ -60,6 +68,29 @@ use crate::log::LogError;
 pub const IN_MEMORY_CHANNEL_FINALIZER: &str = "inmemorychannels.messaging.knative.dev";
 /// The finalizer of Subscriptions.
 pub const SUBSCRIPTION_FINALIZER: &str = "subscriptions.messaging.knative.dev";
+
+/// The reason of `EventPoliciesReady: True` on channels and flows:
+/// EventPolicies need the OIDC feature, which this crate does not
+/// implement (upstream's reason when `authentication-oidc` is disabled).
+pub(crate) const EVENT_POLICIES_OIDC_DISABLED_REASON: &str = "OIDCDisabled";
+/// The message that goes with [`EVENT_POLICIES_OIDC_DISABLED_REASON`].
+pub(crate) const EVENT_POLICIES_OIDC_DISABLED_MESSAGE: &str =
+    "Feature \"authentication-oidc\" must be enabled to support Authorization";
+/// The reason of a Subscription's `OIDCIdentityCreated: True`: no identity
+/// is needed without the OIDC feature (upstream's reason when
+/// `authentication-oidc` is disabled; the message is empty).
+pub(crate) const OIDC_IDENTITY_FEATURE_DISABLED_REASON: &str =
+    "authentication-oidc feature disabled";
+
+/// Marks `EventPoliciesReady` `True` as upstream does while authorization
+/// is off: no EventPolicy can apply without OIDC.
+pub(crate) fn mark_event_policies_ready(m: &mut ConditionManager<'_>) {
+    m.mark_true_with_reason(
+        crate::api::messaging::CONDITION_EVENT_POLICIES_READY,
+        EVENT_POLICIES_OIDC_DISABLED_REASON,
+        EVENT_POLICIES_OIDC_DISABLED_MESSAGE,
+    );
+}
 
 /// `Some(s)` for a non-empty string.
 fn non_empty(s: Option<&String>) -> Option<String> {
@@ -269,6 +300,7 @@ impl InMemoryChannelReconciler {
         ] {
             m.mark_true(c);
         }
+        mark_event_policies_ready(&mut m);
         let url = format!("{}/{ns}/{name}", self.ingress_url.trim_end_matches('/'));
         m.mark_true(InMemoryChannel::CONDITION_ADDRESSABLE);
         drop(m);
@@ -412,6 +444,7 @@ impl ChannelReconciler {
         let mut m = set.manage(&mut status.channelable.status.conditions);
         m.initialize();
         status.channelable.status.observed_generation = channel.metadata.generation;
+        mark_event_policies_ready(&mut m);
         let template = channel
             .spec
             .channel_template
@@ -801,6 +834,11 @@ impl SubscriptionReconciler {
         let mut m = set.manage(&mut status.status.conditions);
         m.initialize();
         status.status.observed_generation = sub.metadata.generation;
+        m.mark_true_with_reason(
+            Subscription::CONDITION_OIDC_IDENTITY_CREATED,
+            OIDC_IDENTITY_FEATURE_DISABLED_REASON,
+            "",
+        );
         let mut requeue = None;
 
         let channel = match kind {
