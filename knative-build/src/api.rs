@@ -66,7 +66,8 @@ use std::time::Duration;
 use knative_core::apis::{Context, FieldError};
 
 pub use param::{
-    Param, ParamSpec, ParamType, ParamValue, PropertySpec, effective_params, validate_param_name,
+    Param, ParamSpec, ParamType, ParamValue, PropertySpec, effective_params, validate_param_enums,
+    validate_param_name,
 };
 pub use pipeline::{EmbeddedTask, Pipeline, PipelineSpec, PipelineTask, PipelineTaskMetadata};
 pub use pipeline_run::{

@@ -44,12 +44,22 @@
 //!    at the end True / `Succeeded` or `Completed` (some skipped), or False
 //!    / `Failed` (a failure, a TaskRun stopped by a timeout, or a task
 //!    skipped by one) or `Cancelled`, with
-//!    `Tasks Completed: N (Failed: F, Cancelled C), Skipped: S`.
+//!    `Tasks Completed: N (Failed: F, Cancelled C), Skipped: S`, where F
+//!    includes failures of `onError: continue` tasks and then reads
+//!    `F (Ignored: I)` (such failures do not fail the run).
 //!
 //! A result a succeeded task did not write fails the run
 //! (`InvalidTaskResultReference`) when a `spec.tasks` task reads it, and
 //! skips a finally task that reads it (§1.4). Matrix fan-out is not
-//! expanded: a task with a `matrix` runs once.
+//! supported: validation rejects a task with a `matrix`.
+//!
+//! Before anything runs, the run fails when a param has no value
+//! (`ParameterMissing`), a value is not in its param's `enum`
+//! (`InvalidParamValue`), or a required Pipeline workspace is not bound
+//! (`InvalidWorkspaceBindings`). A TaskRun to create gets its pipeline
+//! task's params and workspace `subPath`s resolved at pipeline scope, and
+//! an embedded `taskSpec` gets the Pipeline's params (those the task does
+//! not pass itself) and context propagated into it.
 //!
 //! ```
 //! use jiff::Timestamp;
@@ -92,20 +102,23 @@ pub use dag::{Dag, DagError};
 use crate::api::{
     API_VERSION, BuildDefaults, ChildStatusReference, Param, ParamValue, PipelineRun,
     PipelineRunResult, PipelineRunSpecStatus, PipelineRunStatus, PipelineSpec, PipelineTask,
-    SkippedTask, SkippingReason, TaskRun, TaskRunResult, TaskRunSpec, TaskRunSpecStatus,
-    WhenExpression, WorkspaceBinding, all_hold, effective_params, labels,
-    pipeline_run_reasons as reasons, task_run_reasons,
+    SkippedTask, SkippingReason, TaskRun, TaskRunResult, TaskRunSpec, TaskRunSpecStatus, TaskSpec,
+    WhenExpression, WorkspaceBinding, WorkspacePipelineTaskBinding, all_hold, effective_params,
+    labels, pipeline_run_reasons as reasons, task_run_reasons, validate_param_enums,
 };
 use crate::substitution::{
-    ContextVar, Reference, Replacements, SubstitutionError, WorkspaceValues,
+    ContextVar, Reference, Replacements, Scope, SubstitutionError, WorkspaceValues,
+    resolve_task_spec,
 };
 
-/// `spec.statusMessage` of a TaskRun cancelled because its PipelineRun was cancelled.
+/// `spec.statusMessage` of a TaskRun cancelled because its PipelineRun was
+/// cancelled (upstream's `TaskRunCancelledByPipelineMsg`).
 pub const CANCELLED_BY_PIPELINE_RUN: &str =
-    "TaskRun cancelled because its PipelineRun was cancelled";
-/// `spec.statusMessage` of a TaskRun cancelled because a PipelineRun timeout passed.
+    "TaskRun cancelled as the PipelineRun it belongs to has been cancelled.";
+/// `spec.statusMessage` of a TaskRun cancelled because a PipelineRun
+/// timeout passed (upstream's `TaskRunCancelledByPipelineTimeoutMsg`).
 pub const CANCELLED_BY_TIMEOUT: &str =
-    "TaskRun cancelled because its PipelineRun reached a timeout";
+    "TaskRun cancelled as the PipelineRun it belongs to has timed out.";
 
 /// One TaskRun of the PipelineRun, as observed.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -225,6 +238,14 @@ pub struct NewTaskRun {
     pub member_of: MemberOf,
     /// Params with every pipeline-scope reference resolved.
     pub params: Vec<Param>,
+    /// The pipeline task's embedded `taskSpec` with the Pipeline's params
+    /// and context propagated into it (pipeline params the task does not
+    /// pass itself, `$(context.pipelineRun.*)`, `$(context.pipeline.name)`);
+    /// `None` for a `taskRef`.
+    pub task_spec: Option<TaskSpec>,
+    /// The pipeline task's workspace bindings, `subPath`s resolved at
+    /// pipeline scope.
+    pub workspaces: Vec<WorkspacePipelineTaskBinding>,
     /// The task's `when` expressions, resolved.
     pub when: Vec<WhenExpression>,
     /// The TaskRun's timeout; `None` for no limit.
@@ -367,7 +388,10 @@ impl Outcome {
 #[derive(Default)]
 struct Counts {
     succeeded: usize,
+    /// Failures that fail the run (including TaskRuns stopped by a timeout).
     failed: usize,
+    /// Failures of `onError: continue` tasks.
+    ignored: usize,
     cancelled: usize,
     skipped: usize,
     skipped_by_timeout: usize,
@@ -378,14 +402,18 @@ impl Counts {
     fn of<'o>(outcomes: impl Iterator<Item = &'o Outcome>) -> Counts {
         let mut c = Counts::default();
         for o in outcomes {
+            // Upstream's order: a TaskRun cancelled by a timeout is a
+            // failure, any other cancelled one is cancelled, and only then
+            // does `onError: continue` make a failure an ignored one.
             match o {
-                Outcome::Succeeded | Outcome::Failed { ignored: true, .. } => c.succeeded += 1,
+                Outcome::Succeeded => c.succeeded += 1,
                 Outcome::Failed {
                     by_timeout: true, ..
                 } => c.failed += 1,
                 Outcome::Failed {
                     cancelled: true, ..
                 } => c.cancelled += 1,
+                Outcome::Failed { ignored: true, .. } => c.ignored += 1,
                 Outcome::Failed { .. } => c.failed += 1,
                 Outcome::Skipped(reason, _) => {
                     c.skipped += 1;
@@ -399,8 +427,27 @@ impl Counts {
         c
     }
 
+    /// Succeeded, failed (ignored or not) and cancelled tasks.
     fn completed(&self) -> usize {
-        self.succeeded + self.failed + self.cancelled
+        self.succeeded + self.failed + self.ignored + self.cancelled
+    }
+
+    /// The final message: `Tasks Completed: N (Failed: F, Cancelled C),
+    /// Skipped: S`, where F counts ignored failures too and, when there
+    /// are some, reads `F (Ignored: I)`.
+    fn final_message(&self) -> String {
+        let failed = self.failed + self.ignored;
+        let failed = if self.ignored > 0 {
+            format!("{failed} (Ignored: {})", self.ignored)
+        } else {
+            failed.to_string()
+        };
+        format!(
+            "Tasks Completed: {} (Failed: {failed}, Cancelled {}), Skipped: {}",
+            self.completed(),
+            self.cancelled,
+            self.skipped
+        )
     }
 }
 
@@ -683,6 +730,34 @@ impl<'s, 'a> Scheduler<'s, 'a> {
                 ),
             );
         }
+        let enum_errors = validate_param_enums(&pipeline.params, &spec.params);
+        if !enum_errors.is_empty() {
+            return self.fail(
+                reasons::INVALID_PARAM_VALUE,
+                format!(
+                    "PipelineRun \"{}\" parameters have invalid values: {}",
+                    self.name,
+                    enum_errors.via_field("spec")
+                ),
+            );
+        }
+        if let Some(missing) = pipeline
+            .workspaces
+            .iter()
+            .filter(|w| !w.optional.unwrap_or(false))
+            .find(|w| !spec.workspaces.iter().any(|b| b.name == w.name))
+        {
+            return self.fail(
+                reasons::INVALID_WORKSPACE_BINDINGS,
+                format!(
+                    "PipelineRun \"{}\" doesn't bind Pipeline \"{}\"'s Workspaces correctly: \
+                     pipeline requires workspace with name \"{}\" be provided by pipelinerun",
+                    self.name,
+                    self.pipeline_name(),
+                    missing.name
+                ),
+            );
+        }
         match self.schedule(&dag, params, &clock) {
             Ok(d) => d,
             Err((reason, message)) => self.fail(reason, message),
@@ -922,11 +997,40 @@ impl<'s, 'a> Scheduler<'s, 'a> {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(substitution_failure)?;
+        let workspaces = task
+            .workspaces
+            .iter()
+            .enumerate()
+            .map(|(j, b)| {
+                let sub_path = b
+                    .sub_path
+                    .as_deref()
+                    .map(|p| r.substitute_string(p, &format!("{field}.workspaces[{j}].subPath")))
+                    .transpose()?;
+                Ok(WorkspacePipelineTaskBinding {
+                    sub_path,
+                    ..b.clone()
+                })
+            })
+            .collect::<Result<Vec<_>, SubstitutionError>>()
+            .map_err(substitution_failure)?;
+        let task_spec = task
+            .task_spec
+            .as_ref()
+            .map(|embedded| {
+                resolve_task_spec(&embedded.spec, &propagated(task, &r)).map_err(|e| {
+                    let (reason, message) = substitution_failure(e);
+                    (reason, format!("{field}.taskSpec.{message}"))
+                })
+            })
+            .transpose()?;
         Ok(NewTaskRun {
             name: child_name(&self.name, &format!("-{}", task.name)),
             pipeline_task: task.name.clone(),
             member_of,
             params,
+            task_spec,
+            workspaces,
             when,
             timeout: clock.task_run_timeout(task, member_of),
         })
@@ -1144,13 +1248,7 @@ impl<'s, 'a> Scheduler<'s, 'a> {
             } else {
                 reasons::SUCCEEDED
             };
-            let mut message = format!(
-                "Tasks Completed: {} (Failed: {}, Cancelled {}), Skipped: {}",
-                s.completed(),
-                s.failed,
-                s.cancelled,
-                s.skipped
-            );
+            let mut message = s.final_message();
             if s.failed > 0 || s.skipped_by_timeout > 0 {
                 status = ConditionStatus::False;
                 reason = reasons::FAILED;
@@ -1247,6 +1345,24 @@ fn substitution_failure(e: SubstitutionError) -> (&'static str, String) {
     (reason, e.to_string())
 }
 
+/// The values a Pipeline hands into a pipeline task's embedded `taskSpec`
+/// (upstream's propagated params): the run's params, except those the
+/// pipeline task passes itself (its own params take precedence and are the
+/// Task's to substitute), and the pipeline-level context. Every other
+/// reference is left for the TaskRun.
+fn propagated(task: &PipelineTask, r: &Replacements) -> Replacements {
+    let mut params = r.params.clone();
+    for given in &task.params {
+        params.remove(&given.name);
+    }
+    Replacements {
+        scope: Scope::Partial,
+        params,
+        context: r.context.clone(),
+        ..Replacements::default()
+    }
+}
+
 /// Joins two sub-paths with `/`, skipping empty ones.
 fn join_sub_path(outer: Option<&str>, inner: Option<&str>) -> Option<String> {
     let parts: Vec<&str> = [outer, inner]
@@ -1260,9 +1376,11 @@ fn join_sub_path(outer: Option<&str>, inner: Option<&str>) -> Option<String> {
 
 impl NewTaskRun {
     /// The TaskRun to create: labels linking it to the run, an owner
-    /// reference, the pipeline task's Task, resolved params, the run's
-    /// workspaces mapped to the Task's names, ServiceAccount, pod template
-    /// and timeout (`0s` for none).
+    /// reference, the pipeline task's Task (its embedded spec with the
+    /// Pipeline's params propagated), resolved params, the run's
+    /// workspaces mapped to the Task's names (an unbound optional Pipeline
+    /// workspace is left out), ServiceAccount, pod template and timeout
+    /// (`0s` for none).
     pub fn to_task_run(&self, pipeline_run: &PipelineRun, pipeline: &PipelineSpec) -> TaskRun {
         let task = pipeline.task(&self.pipeline_task);
         let mut labels_map = pipeline_run.labels().clone();
@@ -1309,28 +1427,22 @@ impl NewTaskRun {
                 controller: Some(true),
                 block_owner_deletion: Some(true),
             });
-        let workspaces = task
-            .map(|t| {
-                t.workspaces
+        let workspaces = self
+            .workspaces
+            .iter()
+            .filter_map(|b| {
+                let bound = pipeline_run
+                    .spec
+                    .workspaces
                     .iter()
-                    .filter_map(|b| {
-                        let bound = pipeline_run
-                            .spec
-                            .workspaces
-                            .iter()
-                            .find(|w| w.name == b.pipeline_workspace())?;
-                        Some(WorkspaceBinding {
-                            name: b.name.clone(),
-                            sub_path: join_sub_path(
-                                bound.sub_path.as_deref(),
-                                b.sub_path.as_deref(),
-                            ),
-                            ..bound.clone()
-                        })
-                    })
-                    .collect()
+                    .find(|w| w.name == b.pipeline_workspace())?;
+                Some(WorkspaceBinding {
+                    name: b.name.clone(),
+                    sub_path: join_sub_path(bound.sub_path.as_deref(), b.sub_path.as_deref()),
+                    ..bound.clone()
+                })
             })
-            .unwrap_or_default();
+            .collect();
         let run_spec = pipeline_run
             .spec
             .task_run_specs
@@ -1343,9 +1455,7 @@ impl NewTaskRun {
                 .service_account_for(&self.pipeline_task)
                 .map(str::to_owned),
             task_ref: task.and_then(|t| t.task_ref.clone()),
-            task_spec: task
-                .and_then(|t| t.task_spec.as_ref())
-                .map(|e| e.spec.clone()),
+            task_spec: self.task_spec.clone(),
             timeout: Some(format_go(self.timeout.unwrap_or_default())),
             pod_template: run_spec
                 .and_then(|s| s.pod_template.clone())

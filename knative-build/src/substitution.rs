@@ -16,8 +16,11 @@
 //!
 //! References that belong to the other scope are left as written (a
 //! pipeline task's params may carry `$(context.taskRun.name)` down to its
-//! Task); text that is not a Tekton reference at all (`$(date)`) is never
-//! touched. A reference of the scope that cannot be resolved is a
+//! Task, where [`Replacements::resolve_param_values`] resolves it before
+//! the params are substituted); text that is not a Tekton reference at
+//! all (`$(date)`) is never touched. A [`Scope::Partial`] pass resolves
+//! only the references it has values for and leaves the rest (a
+//! Pipeline's params propagated into an embedded `taskSpec`). A reference of the scope that cannot be resolved is a
 //! [`SubstitutionError`] naming the reference and the field path.
 //!
 //! Arrays: `$(params.a[*])` expands in place only when it is a whole
@@ -160,6 +163,13 @@ pub enum Scope {
     Task,
     /// A Pipeline's tasks (params, `when`) and results.
     Pipeline,
+    /// A partial pass: only references that have a value here are
+    /// resolved and every other one is left as written for a later pass.
+    /// Used to hand a Pipeline's params and context into an embedded
+    /// `taskSpec` (propagated params), and to resolve task-scope
+    /// references (`$(context.taskRun.name)`, `$(workspaces.w.path)`, …)
+    /// inside param values before they are substituted.
+    Partial,
 }
 
 /// The values a workspace's references resolve to.
@@ -306,7 +316,61 @@ impl Replacements {
         match self.scope {
             Scope::Task => reference.is_task_scope(),
             Scope::Pipeline => reference.is_pipeline_scope(),
+            Scope::Partial => self.has_value(reference),
         }
+    }
+
+    /// Whether these values hold something for `reference` (the selector
+    /// is not checked: a wrong one is still an error).
+    fn has_value(&self, reference: &Reference) -> bool {
+        let result_of =
+            |results: &BTreeMap<String, BTreeMap<String, ParamValue>>, task: &str, result: &str| {
+                results.get(task).is_some_and(|r| r.contains_key(result))
+            };
+        match reference {
+            Reference::Param { name, .. } => self.params.contains_key(name),
+            Reference::TaskResult { task, result, .. } => {
+                result_of(&self.task_results, task, result)
+            }
+            Reference::FinallyResult { task, result, .. } => {
+                result_of(&self.finally_results, task, result)
+            }
+            Reference::TaskStatus { task } => self.task_statuses.contains_key(task),
+            Reference::TaskReason { task } => self.task_reasons.contains_key(task),
+            Reference::TasksStatus => self.tasks_status.is_some(),
+            Reference::MatrixLength { task } => self.matrix_lengths.contains_key(task),
+            Reference::ResultPath { result } => self.result_paths.contains_key(result),
+            Reference::StepExitCodePath { step } => self.step_exit_code_paths.contains_key(step),
+            Reference::Workspace { name, .. } => self.workspaces.contains_key(name),
+            Reference::Context(var) => self.context.contains_key(var),
+            Reference::CredentialsPath => self.credentials_path.is_some(),
+        }
+    }
+
+    /// The same values as a [`Scope::Partial`] pass without params: it
+    /// resolves every other reference these values know and leaves
+    /// `$(params.*)` as written. Used on param values, which may carry
+    /// task-scope references (`$(context.taskRun.name)`) down to a Task.
+    pub fn without_params(&self) -> Self {
+        Replacements {
+            scope: Scope::Partial,
+            params: BTreeMap::new(),
+            ..self.clone()
+        }
+    }
+
+    /// Resolves the task-scope references inside these (task-scope)
+    /// param values — `$(context.*)`, `$(workspaces.*)`, result and
+    /// exit-code paths, `$(credentials.path)` — so that a step reading the
+    /// param gets the resolved text (upstream substitutes params first and
+    /// the other references after, with the same effect). `$(params.*)`
+    /// inside a value is left as written. Errors name `params.<name>`.
+    pub fn resolve_param_values(&mut self) -> Result<(), SubstitutionError> {
+        let pass = self.without_params();
+        for (name, value) in &mut self.params {
+            *value = pass.substitute_value(value, &format!("params.{name}"))?;
+        }
+        Ok(())
     }
 
     /// The value of an owned reference.
@@ -636,7 +700,8 @@ pub fn resolve_task_spec(spec: &TaskSpec, r: &Replacements) -> Result<TaskSpec, 
 }
 
 /// Every reference in a pipeline task's substitutable fields: its params,
-/// `when` inputs, values and CEL text, matrix params and display name.
+/// `when` inputs, values and CEL text, matrix params, display name and
+/// workspace `subPath`s.
 pub fn pipeline_task_references(task: &PipelineTask) -> Vec<Reference> {
     let mut texts: Vec<&str> = Vec::new();
     for param in &task.params {
@@ -652,6 +717,7 @@ pub fn pipeline_task_references(task: &PipelineTask) -> Vec<Reference> {
     if let Some(name) = &task.display_name {
         texts.push(name);
     }
+    texts.extend(task.workspaces.iter().filter_map(|w| w.sub_path.as_deref()));
     let mut refs: Vec<Reference> = texts.into_iter().flat_map(references).collect();
     if let Some(matrix) = &task.matrix {
         let mut strings = Vec::new();

@@ -448,6 +448,20 @@ fn pipeline_errors_name_their_fields() {
 
     let e = pipeline_errors("  params: [{name: p}]\n");
     assert_error(&e, "spec.tasks", "missing field");
+
+    let e = pipeline_errors(
+        "  tasks:\n    - name: a\n      taskRef: {name: t}\n      when: [{cel: \"'a' == 'a'\"}]\n",
+    );
+    assert_error(
+        &e,
+        "spec.tasks[0].when[0].cel",
+        "CEL in when expressions is not enabled",
+    );
+
+    let e = pipeline_errors(
+        "  tasks:\n    - name: a\n      taskRef: {name: t}\n      matrix: {params: [{name: os, value: [linux, mac]}]}\n",
+    );
+    assert_error(&e, "spec.tasks[0].matrix", "matrix is not supported");
 }
 
 #[test]

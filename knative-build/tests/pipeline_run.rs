@@ -395,6 +395,58 @@ spec:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_spec_fixture_runs_with_propagated_params() -> TestResult {
+    let platform = Platform::start(|c| c)?;
+    let mut run: PipelineRun = serde_yaml::from_str(&fixture("pipelinerun-embedded.yaml")?)?;
+    run.metadata.generate_name = None;
+    run.metadata.name = Some("embedded".to_owned());
+    run.metadata.namespace = Some(NS.to_owned());
+    platform.objects.pipeline_runs.create(&run).await?;
+    let pr = platform
+        .pipeline_run_done("embedded", Duration::from_secs(60))
+        .await?;
+    let (status, reason, message) = condition(pr.succeeded());
+    assert_eq!(
+        (status.as_str(), reason.as_str(), message.as_str()),
+        (
+            "True",
+            pipeline_run_reasons::SUCCEEDED,
+            "Tasks Completed: 2 (Failed: 0, Cancelled 0), Skipped: 0"
+        ),
+        "{:#?}",
+        pr.status
+    );
+    // `$(params.note)` is a Pipeline param the embedded Task never declares.
+    assert_eq!(
+        result(&pr, "summary"),
+        Some("https://github.com/knative-rs/knative-rs.git linux/amd64 nightly")
+    );
+    let show = platform
+        .objects
+        .task_runs
+        .get(Some(NS), "embedded-show")
+        .await?;
+    let script = show
+        .spec
+        .task_spec
+        .as_ref()
+        .and_then(|s| s.steps[1].script.as_deref())
+        .ok_or("the summarize step's script")?;
+    assert!(script.contains("$(params.first) nightly"), "{script}");
+    let report = platform
+        .task_run_done("embedded-final-report", Duration::from_secs(10))
+        .await?;
+    let key = knative_build::executor::RunKey::new(NS, report.name_any(), 0);
+    let logs =
+        knative_build::executor::StepExecutor::logs(&platform.executor, &key, "print").await?;
+    assert_eq!(
+        String::from_utf8_lossy(&logs),
+        "https://github.com/knative-rs/knative-rs.git linux/amd64 nightly on embedded-final-report\n"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_step_fails_the_task_run_with_its_exit_code() -> TestResult {
     let platform = Platform::start(|c| c)?;
     let run = r#"

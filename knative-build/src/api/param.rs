@@ -477,6 +477,41 @@ pub fn effective_params(
     (values, missing)
 }
 
+/// Checks given values against the `enum` of the params they are for
+/// (`specs/BUILD.md §1.3`: enums are checked at run time). Paths are
+/// `params[i].value` with `i` the index in `given`; each error names the
+/// param and its allowed values. Values of undeclared params, params
+/// without an enum, and non-string values (enums are for strings) pass.
+pub fn validate_param_enums(specs: &[ParamSpec], given: &[Param]) -> FieldError {
+    let mut errs = FieldError::none();
+    for (i, param) in given.iter().enumerate() {
+        let Some(spec) = specs.iter().find(|s| s.name == param.name) else {
+            continue;
+        };
+        if spec.enum_.is_empty() {
+            continue;
+        }
+        let ParamValue::String(value) = &param.value else {
+            continue;
+        };
+        if !spec.enum_.contains(value) {
+            errs.push(FieldError::new(
+                format!(
+                    "param {:?} value {value:?} is not in the enum list; allowed values: {}",
+                    param.name,
+                    spec.enum_
+                        .iter()
+                        .map(|v| format!("{v:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                format!("params[{i}].value"),
+            ));
+        }
+    }
+    errs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -540,6 +575,22 @@ mod tests {
         assert_eq!(
             validate_param_specs(&specs, "params").to_string(),
             "params[0].default: default has type string but the param is declared array"
+        );
+    }
+
+    #[test]
+    fn values_outside_the_enum_are_reported_with_param_and_allowed_values() {
+        let specs = vec![ParamSpec {
+            name: "mode".into(),
+            enum_: vec!["fast".into(), "safe".into()],
+            ..ParamSpec::default()
+        }];
+        let ok = vec![Param::new("other", "x"), Param::new("mode", "safe")];
+        assert!(validate_param_enums(&specs, &ok).is_empty());
+        let bad = vec![Param::new("other", "x"), Param::new("mode", "slow")];
+        assert_eq!(
+            validate_param_enums(&specs, &bad).to_string(),
+            "params[1].value: param \"mode\" value \"slow\" is not in the enum list; allowed values: \"fast\", \"safe\""
         );
     }
 

@@ -117,7 +117,8 @@ pub struct PipelineTask {
     /// Param values for the Task.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub params: Vec<Param>,
-    /// Fan-out over param combinations, kept as given.
+    /// Fan-out over param combinations, kept as given. Not supported:
+    /// validation rejects it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matrix: Option<serde_json::Value>,
     /// Pipeline workspaces handed to the Task.
@@ -363,6 +364,12 @@ impl PipelineScope<'_> {
             }
         }
         errs.push(validate_params(&task.params, "params"));
+        if task.matrix.is_some() {
+            errs.push(FieldError::new(
+                "matrix is not supported: fan-out over param combinations is not implemented",
+                "matrix",
+            ));
+        }
         errs.push(validate_when_expressions(&task.when, "when"));
         if is_finally && !task.run_after.is_empty() {
             errs.push(FieldError::disallowed_fields("runAfter").with_details(

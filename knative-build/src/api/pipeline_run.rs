@@ -59,6 +59,8 @@ pub mod reasons {
     pub const CEL_EVALUATION_FAILED: &str = "CELEvaluationFailed";
     /// False: the pipeline's tasks form a cycle.
     pub const INVALID_GRAPH: &str = "PipelineInvalidGraph";
+    /// False: a workspace the Pipeline requires is not bound by the run.
+    pub const INVALID_WORKSPACE_BINDINGS: &str = "InvalidWorkspaceBindings";
 }
 
 /// A reference to a Pipeline.

@@ -16,7 +16,9 @@ pub enum Operator {
 }
 
 /// One guard: `input` compared with `values` by `operator`, or one CEL
-/// expression in `cel` (alpha upstream; kept as text).
+/// expression in `cel`. CEL is alpha upstream, behind the feature flag
+/// `enable-cel-in-whenexpression`, which is off here: validation rejects
+/// `cel` (the field is kept so such manifests parse and get a clear error).
 ///
 /// The operator is kept as text so that a wrong one is reported by
 /// validation with its path instead of failing to parse.
@@ -57,9 +59,9 @@ impl WhenExpression {
         }
     }
 
-    /// Whether the (already substituted) expression holds. CEL expressions
-    /// are only understood when they are the literals `true` or `false`;
-    /// `None` means the expression cannot be evaluated.
+    /// Whether the (already substituted) expression holds. `None` means it
+    /// cannot be evaluated: validation rejects `cel`, and only its literals
+    /// `true` and `false` are understood here.
     pub fn evaluate(&self) -> Option<bool> {
         if let Some(cel) = &self.cel {
             return match cel.trim() {
@@ -75,10 +77,17 @@ impl WhenExpression {
         }
     }
 
-    /// Checks the expression's shape; paths are relative to it.
+    /// Checks the expression's shape; paths are relative to it. `cel` is
+    /// rejected: CEL in when expressions is not enabled.
     pub fn validate(&self) -> FieldError {
         let mut errs = FieldError::none();
         if self.cel.is_some() {
+            errs.push(FieldError::new(
+                "CEL in when expressions is not enabled \
+                 (upstream's alpha feature flag enable-cel-in-whenexpression); \
+                 use input, operator and values",
+                "cel",
+            ));
             let mut set = Vec::new();
             if !self.input.is_empty() {
                 set.push("input");
@@ -147,6 +156,20 @@ mod tests {
         assert_eq!(w.evaluate(), Some(false));
         w.operator = "notin".into();
         assert_eq!(w.evaluate(), Some(true));
+    }
+
+    #[test]
+    fn cel_is_rejected_at_its_path() {
+        let w = WhenExpression {
+            cel: Some("'$(params.branch)' == 'main'".into()),
+            ..WhenExpression::default()
+        };
+        assert_eq!(
+            validate_when_expressions(&[w], "when").to_string(),
+            "when[0].cel: CEL in when expressions is not enabled \
+             (upstream's alpha feature flag enable-cel-in-whenexpression); \
+             use input, operator and values"
+        );
     }
 
     #[test]

@@ -274,7 +274,7 @@ impl ImageBuilder {
 
         let mut layer_descriptors: Vec<Descriptor> = base
             .as_ref()
-            .map(|b| b.manifest.layers().clone())
+            .map(|b| b.manifest.layers().iter().map(oci_layer).collect())
             .unwrap_or_default();
         let mut layers: Vec<LayerInfo> = layer_descriptors
             .iter()
@@ -702,11 +702,65 @@ impl BuiltImage {
     }
 }
 
+/// Docker's (schema 2) media type of a gzip layer.
+const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+/// Docker's (schema 2) media type of a foreign (non-distributable) gzip layer.
+const DOCKER_FOREIGN_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+/// OCI's media type of a non-distributable gzip layer.
+const OCI_NONDISTRIBUTABLE_LAYER_GZIP: &str =
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+
+/// A base image's layer descriptor for an OCI manifest: Docker schema 2
+/// layer media types become their OCI equivalents (the blob, so the
+/// digest and size, is the same); everything else is kept.
+fn oci_layer(layer: &Descriptor) -> Descriptor {
+    let mut out = layer.clone();
+    let media_type = match layer.media_type().to_string().as_str() {
+        DOCKER_LAYER_GZIP => MediaType::ImageLayerGzip,
+        DOCKER_FOREIGN_LAYER_GZIP => MediaType::Other(OCI_NONDISTRIBUTABLE_LAYER_GZIP.to_owned()),
+        _ => return out,
+    };
+    out.set_media_type(media_type);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::fs;
 
     use super::*;
+
+    #[test]
+    fn docker_base_layers_get_oci_media_types_and_keep_their_digest() -> Result<(), ImageError> {
+        let digest: Digest =
+            "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+                .parse()
+                .map_err(|e| ImageError::document("digest", e))?;
+        let docker = Descriptor::new(
+            MediaType::Other(DOCKER_LAYER_GZIP.to_owned()),
+            42,
+            digest.clone(),
+        );
+        let mapped = oci_layer(&docker);
+        assert_eq!(
+            mapped.media_type().to_string(),
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        );
+        assert_eq!(mapped.digest(), &digest);
+        assert_eq!(mapped.size(), 42);
+        let foreign = Descriptor::new(
+            MediaType::Other(DOCKER_FOREIGN_LAYER_GZIP.to_owned()),
+            42,
+            digest.clone(),
+        );
+        assert_eq!(
+            oci_layer(&foreign).media_type().to_string(),
+            OCI_NONDISTRIBUTABLE_LAYER_GZIP
+        );
+        let oci = Descriptor::new(MediaType::ImageLayerZstd, 42, digest);
+        assert_eq!(oci_layer(&oci), oci);
+        Ok(())
+    }
 
     fn tree() -> Result<tempfile::TempDir, std::io::Error> {
         let dir = tempfile::tempdir()?;

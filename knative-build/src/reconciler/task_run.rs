@@ -21,8 +21,8 @@ use tracing::Instrument;
 
 use super::{ReconcileError, archive_attempt, set_succeeded};
 use crate::api::{
-    BuildDefaults, ParamValue, StepState, Task, TaskRun, TaskRunResult, TaskRunStatus, TaskSpec,
-    effective_params, task_run_reasons as reasons,
+    BuildDefaults, Param, ParamValue, StepState, Task, TaskRun, TaskRunResult, TaskRunStatus,
+    TaskSpec, effective_params, task_run_reasons as reasons, validate_param_enums,
 };
 use crate::executor::{
     Execution, ExecutionPhase, ExecutionRequest, ExecutionStatus, RunKey, StepExecutor,
@@ -359,16 +359,17 @@ impl TaskRunReconciler {
                 .finish(task_run, status, reasons::VALIDATION_FAILED, message, now)
                 .await;
         }
-        let paths = match self.executor.paths(&key, &spec, &run_spec.workspaces) {
-            Ok(paths) => paths,
-            Err(e) if e.is_permanent() => {
-                let message = e.to_string();
-                return self
-                    .finish(task_run, status, reasons::EXECUTION_FAILED, message, now)
-                    .await;
-            }
-            Err(e) => return Err(e.into()),
-        };
+        if let Some(missing) = spec.workspaces.iter().find(|decl| {
+            !decl.is_optional() && !run_spec.workspaces.iter().any(|b| b.name == decl.name)
+        }) {
+            let message = format!(
+                "declared workspace {:?} is required but has not been bound",
+                missing.name
+            );
+            return self
+                .finish(task_run, status, reasons::VALIDATION_FAILED, message, now)
+                .await;
+        }
         let effective = TaskSpec {
             steps: spec.effective_steps(),
             step_template: None,
@@ -385,9 +386,92 @@ impl TaskRunReconciler {
                 .unwrap_or_default(),
             retry_count: key.attempt,
         };
-        let mut replacements =
-            Replacements::for_task(&effective, params, &run_spec.workspaces, &context);
+        // Param values as the steps will see them (workspace paths are the
+        // declared mount paths here): for the enum check and sub-paths.
+        let mut early_values =
+            Replacements::for_task(&effective, params.clone(), &run_spec.workspaces, &context);
+        if let Err(e) = early_values.resolve_param_values() {
+            return self
+                .finish(
+                    task_run,
+                    status,
+                    reasons::INVALID_PARAM_VALUE,
+                    e.to_string(),
+                    now,
+                )
+                .await;
+        }
+        // Workspace sub-paths are resolved at task scope (params, context)
+        // before the executor places the workspaces.
+        let mut workspaces = run_spec.workspaces.clone();
+        for (i, binding) in workspaces.iter_mut().enumerate() {
+            let Some(sub_path) = &binding.sub_path else {
+                continue;
+            };
+            match early_values.substitute_string(sub_path, &format!("spec.workspaces[{i}].subPath"))
+            {
+                Ok(resolved) => binding.sub_path = Some(resolved),
+                Err(e) => {
+                    return self
+                        .finish(
+                            task_run,
+                            status,
+                            reasons::INVALID_PARAM_VALUE,
+                            e.to_string(),
+                            now,
+                        )
+                        .await;
+                }
+            }
+        }
+        let given: Vec<Param> = run_spec
+            .params
+            .iter()
+            .map(|p| Param {
+                name: p.name.clone(),
+                value: early_values
+                    .params
+                    .get(&p.name)
+                    .cloned()
+                    .unwrap_or_else(|| p.value.clone()),
+            })
+            .collect();
+        let enum_errors = validate_param_enums(&spec.params, &given);
+        if !enum_errors.is_empty() {
+            let message = format!(
+                "TaskRun {:?} parameters have invalid values: {}",
+                key.task_run,
+                enum_errors.via_field("spec")
+            );
+            return self
+                .finish(task_run, status, reasons::INVALID_PARAM_VALUE, message, now)
+                .await;
+        }
+        let paths = match self.executor.paths(&key, &spec, &workspaces) {
+            Ok(paths) => paths,
+            Err(e) if e.is_permanent() => {
+                let message = e.to_string();
+                return self
+                    .finish(task_run, status, reasons::EXECUTION_FAILED, message, now)
+                    .await;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut replacements = Replacements::for_task(&effective, params, &workspaces, &context);
         paths.apply_to(&mut replacements);
+        // Param values may carry task-scope references down from a
+        // pipeline task (`$(context.taskRun.name)`): resolve them first.
+        if let Err(e) = replacements.resolve_param_values() {
+            return self
+                .finish(
+                    task_run,
+                    status,
+                    reasons::INVALID_PARAM_VALUE,
+                    e.to_string(),
+                    now,
+                )
+                .await;
+        }
         let resolved = match resolve_task_spec(&effective, &replacements) {
             Ok(resolved) => resolved,
             Err(e) => {
@@ -405,7 +489,7 @@ impl TaskRunReconciler {
         let request = ExecutionRequest {
             key: key.clone(),
             task_spec: resolved,
-            workspaces: run_spec.workspaces.clone(),
+            workspaces,
             timeout: run_spec.timeout_duration(),
         };
         let execution = match self.executor.start(request).await {

@@ -378,6 +378,107 @@ async fn a_missing_task_or_an_unsupported_binding_fails_without_running() -> Tes
     Ok(())
 }
 
+/// A TaskRun with an embedded spec and params, as a PipelineRun creates it.
+const PARAM_RUN: &str = r#"
+apiVersion: tekton.dev/v1
+kind: TaskRun
+metadata: {name: show-1}
+spec:
+  params:
+    - {name: who, value: "$(context.taskRun.name) in $(workspaces.src.path)"}
+    - {name: mode, value: fast}
+    - {name: dir, value: out}
+  workspaces: [{name: src, emptyDir: {}, subPath: "$(params.dir)/$(context.taskRun.name)"}]
+  taskSpec:
+    params:
+      - {name: who}
+      - {name: mode, enum: [fast, safe]}
+      - {name: dir}
+    workspaces: [{name: src}, {name: cache, optional: true}]
+    steps:
+      - {name: show, image: alpine, script: "echo $(params.who) $(params.mode)"}
+"#;
+
+#[tokio::test]
+async fn task_scope_references_in_param_values_and_sub_paths_are_resolved() -> TestResult {
+    let f = Fixture::new();
+    let tr = f.create::<TaskRun>(PARAM_RUN).await?;
+    let (exec, _sender) = execution(running("show-1-pod"));
+    let mut executor = MockStepExecutor::new();
+    executor.expect_execution().returning(|_| None);
+    executor
+        .expect_paths()
+        .withf(|_, _, bindings| bindings[0].sub_path.as_deref() == Some("out/show-1"))
+        .returning(|_, _, _| Ok(paths()));
+    executor
+        .expect_start()
+        .withf(|request| {
+            request.task_spec.steps[0].script.as_deref() == Some("echo show-1 in /claims/src fast")
+                && request.workspaces[0].sub_path.as_deref() == Some("out/show-1")
+        })
+        .times(1)
+        .return_once(move |_| Ok(exec));
+    f.reconciler(executor).reconcile(Arc::new(tr)).await?;
+    let (status, reason, message) = condition(&f.task_run("show-1").await?);
+    assert_eq!(
+        (status, reason.as_str()),
+        (ConditionStatus::Unknown, task_run_reasons::RUNNING),
+        "{message}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_value_outside_the_enum_fails_the_task_run_without_running() -> TestResult {
+    let f = Fixture::new();
+    let tr = f
+        .create::<TaskRun>(&PARAM_RUN.replace("value: fast", "value: slow"))
+        .await?;
+    let mut executor = MockStepExecutor::new();
+    executor.expect_execution().returning(|_| None);
+    executor.expect_paths().never();
+    executor.expect_start().never();
+    f.reconciler(executor).reconcile(Arc::new(tr)).await?;
+    let (status, reason, message) = condition(&f.task_run("show-1").await?);
+    assert_eq!(
+        (status, reason.as_str(), message.as_str()),
+        (
+            ConditionStatus::False,
+            task_run_reasons::INVALID_PARAM_VALUE,
+            "TaskRun \"show-1\" parameters have invalid values: spec.params[1].value: \
+             param \"mode\" value \"slow\" is not in the enum list; allowed values: \"fast\", \"safe\""
+        )
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unbound_required_workspace_fails_the_task_run_without_running() -> TestResult {
+    let f = Fixture::new();
+    let tr = f
+        .create::<TaskRun>(&PARAM_RUN.replace(
+            "  workspaces: [{name: src, emptyDir: {}, subPath: \"$(params.dir)/$(context.taskRun.name)\"}]\n",
+            "",
+        ))
+        .await?;
+    assert!(tr.spec.workspaces.is_empty());
+    let mut executor = MockStepExecutor::new();
+    executor.expect_execution().returning(|_| None);
+    executor.expect_paths().never();
+    executor.expect_start().never();
+    f.reconciler(executor).reconcile(Arc::new(tr)).await?;
+    let (status, reason, message) = condition(&f.task_run("show-1").await?);
+    assert_eq!(
+        (status, reason.as_str(), message.as_str()),
+        (
+            ConditionStatus::False,
+            task_run_reasons::VALIDATION_FAILED,
+            "declared workspace \"src\" is required but has not been bound"
+        )
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_failed_attempt_of_a_task_run_with_retries_is_archived() -> TestResult {
     let f = Fixture::new();

@@ -662,6 +662,214 @@ fn a_param_without_value_or_default_fails_the_run() {
     assert_eq!(d.condition.reason, reasons::PARAMETER_MISSING);
 }
 
+#[test]
+fn pipeline_params_and_context_are_propagated_into_embedded_task_specs() {
+    let yaml = r#"
+name: show
+params:
+  - {name: url, value: $(params.repo.url)}
+  - {name: note, value: "task's own"}
+taskSpec:
+  params: [{name: url}, {name: note}]
+  steps:
+    - name: print
+      image: alpine
+      args: ["$(params.platforms[*])", "$(params.url)"]
+      script: |
+        echo "$(params.note) $(params.release) $(params.repo.revision)"
+        echo "$(context.pipelineRun.name) $(context.taskRun.name)"
+"#;
+    let show: PipelineTask = serde_yaml::from_str(yaml).expect("valid test input");
+    let mut p = pipeline(vec![show], vec![]);
+    p.params = vec![
+        crate::api::ParamSpec {
+            name: "platforms".into(),
+            type_: Some(crate::api::ParamType::Array),
+            ..crate::api::ParamSpec::default()
+        },
+        crate::api::ParamSpec {
+            name: "repo".into(),
+            type_: Some(crate::api::ParamType::Object),
+            properties: [
+                ("url".to_owned(), crate::api::PropertySpec::default()),
+                ("revision".to_owned(), crate::api::PropertySpec::default()),
+            ]
+            .into(),
+            ..crate::api::ParamSpec::default()
+        },
+        crate::api::ParamSpec::string("release"),
+        crate::api::ParamSpec::string("note"),
+    ];
+    let pr = run(PipelineRunSpec {
+        params: vec![
+            Param::new(
+                "platforms",
+                ParamValue::Array(vec!["linux/amd64".into(), "linux/arm64".into()]),
+            ),
+            Param::new(
+                "repo",
+                ParamValue::Object(
+                    [
+                        ("url".to_owned(), "https://git/x".to_owned()),
+                        ("revision".to_owned(), "main".to_owned()),
+                    ]
+                    .into(),
+                ),
+            ),
+            Param::new("release", "nightly"),
+            Param::new("note", "pipeline's"),
+        ],
+        ..PipelineRunSpec::default()
+    });
+    let d = decide(&pr, &p, &[], 0);
+    assert_eq!(created(&d), ["show"], "{:?}", d.condition);
+    let tr = d.create[0].to_task_run(&pr, &p);
+    let spec = tr.spec.task_spec.expect("an embedded spec");
+    let step = &spec.steps[0];
+    assert_eq!(step.args, ["linux/amd64", "linux/arm64", "$(params.url)"]);
+    assert_eq!(
+        step.script.as_deref(),
+        Some("echo \"$(params.note) nightly main\"\necho \"pr $(context.taskRun.name)\"\n"),
+        "params the task passes itself and task-scope references are the Task's"
+    );
+    let given: Vec<&str> = tr.spec.params.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(given, ["url", "note"]);
+}
+
+#[test]
+fn workspace_sub_paths_are_resolved_at_pipeline_scope() {
+    let mut build = task("build", &[]);
+    build.workspaces = vec![WorkspacePipelineTaskBinding {
+        name: "source".into(),
+        workspace: Some("shared".into()),
+        sub_path: Some("$(params.dir)/$(context.pipelineRun.name)".into()),
+    }];
+    let mut p = pipeline(vec![build], vec![]);
+    p.params = vec![crate::api::ParamSpec::string("dir")];
+    p.workspaces = vec![PipelineWorkspaceDeclaration {
+        name: "shared".into(),
+        ..PipelineWorkspaceDeclaration::default()
+    }];
+    let pr = run(PipelineRunSpec {
+        params: vec![Param::new("dir", "checkout")],
+        workspaces: vec![WorkspaceBinding::empty_dir("shared")],
+        ..PipelineRunSpec::default()
+    });
+    let d = decide(&pr, &p, &[], 0);
+    let tr = d.create[0].to_task_run(&pr, &p);
+    assert_eq!(
+        tr.spec.workspaces[0].sub_path.as_deref(),
+        Some("checkout/pr")
+    );
+}
+
+#[test]
+fn a_required_workspace_the_run_does_not_bind_fails_the_run_up_front() {
+    let mut build = task("build", &[]);
+    build.workspaces = vec![
+        WorkspacePipelineTaskBinding {
+            name: "source".into(),
+            ..WorkspacePipelineTaskBinding::default()
+        },
+        WorkspacePipelineTaskBinding {
+            name: "cache".into(),
+            ..WorkspacePipelineTaskBinding::default()
+        },
+    ];
+    let mut p = pipeline(vec![build], vec![]);
+    p.workspaces = vec![
+        PipelineWorkspaceDeclaration {
+            name: "source".into(),
+            ..PipelineWorkspaceDeclaration::default()
+        },
+        PipelineWorkspaceDeclaration {
+            name: "cache".into(),
+            optional: Some(true),
+            ..PipelineWorkspaceDeclaration::default()
+        },
+    ];
+    let d = decide(&run(PipelineRunSpec::default()), &p, &[], 0);
+    assert!(d.create.is_empty());
+    assert!(d.condition.is_false());
+    assert_eq!(d.condition.reason, reasons::INVALID_WORKSPACE_BINDINGS);
+    assert_eq!(
+        d.condition.message,
+        "PipelineRun \"pr\" doesn't bind Pipeline \"pr\"'s Workspaces correctly: \
+         pipeline requires workspace with name \"source\" be provided by pipelinerun"
+    );
+
+    // The optional one may stay unbound; the TaskRun then goes without it.
+    let pr = run(PipelineRunSpec {
+        workspaces: vec![WorkspaceBinding::empty_dir("source")],
+        ..PipelineRunSpec::default()
+    });
+    let d = decide(&pr, &p, &[], 0);
+    assert_eq!(created(&d), ["build"]);
+    let tr = d.create[0].to_task_run(&pr, &p);
+    let bound: Vec<&str> = tr.spec.workspaces.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(bound, ["source"]);
+}
+
+#[test]
+fn a_value_outside_its_params_enum_fails_the_run() {
+    let mut p = pipeline(vec![task("a", &[])], vec![]);
+    p.params = vec![crate::api::ParamSpec {
+        name: "env".into(),
+        enum_: vec!["dev".into(), "prod".into()],
+        ..crate::api::ParamSpec::default()
+    }];
+    let pr = run(PipelineRunSpec {
+        params: vec![Param::new("env", "staging")],
+        ..PipelineRunSpec::default()
+    });
+    let d = decide(&pr, &p, &[], 0);
+    assert!(d.create.is_empty());
+    assert!(d.condition.is_false());
+    assert_eq!(d.condition.reason, reasons::INVALID_PARAM_VALUE);
+    assert_eq!(
+        d.condition.message,
+        "PipelineRun \"pr\" parameters have invalid values: spec.params[0].value: \
+         param \"env\" value \"staging\" is not in the enum list; allowed values: \"dev\", \"prod\""
+    );
+    let pr = run(PipelineRunSpec {
+        params: vec![Param::new("env", "prod")],
+        ..PipelineRunSpec::default()
+    });
+    assert_eq!(created(&decide(&pr, &p, &[], 0)), ["a"]);
+}
+
+#[test]
+fn ignored_failures_count_as_failed_in_the_message_but_do_not_fail_the_run() {
+    let mut lint = task("lint", &[]);
+    lint.on_error = Some("continue".into());
+    let p = pipeline(vec![lint, task("build", &["lint"])], vec![]);
+    let pr = started(run(PipelineRunSpec::default()), 0);
+    let d = decide(&pr, &p, &[failed("lint")], 1);
+    assert_eq!(
+        d.condition.message,
+        "Tasks Completed: 1 (Failed: 0, Cancelled 0), Incomplete: 1, Skipped: 0"
+    );
+    let d = decide(&pr, &p, &[failed("lint"), ok("build")], 2);
+    assert!(d.condition.is_true());
+    assert_eq!(d.condition.reason, reasons::SUCCEEDED);
+    assert_eq!(
+        d.condition.message,
+        "Tasks Completed: 2 (Failed: 1 (Ignored: 1), Cancelled 0), Skipped: 0"
+    );
+}
+
+#[test]
+fn cancel_messages_are_upstreams() {
+    assert_eq!(
+        CANCELLED_BY_PIPELINE_RUN,
+        "TaskRun cancelled as the PipelineRun it belongs to has been cancelled."
+    );
+    assert_eq!(
+        CANCELLED_BY_TIMEOUT,
+        "TaskRun cancelled as the PipelineRun it belongs to has timed out."
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Property: on random DAGs, tasks start only after their parents succeeded,
 // finally only after every DAG task ended, nothing starts twice, and the
