@@ -1,7 +1,8 @@
 //! The embedded local platform: Knative Serving and Eventing in one
 //! process, on this machine, with no cluster.
 //!
-//! [`Platform::start`] wires the in-memory object store, the Serving
+//! [`Platform::builder`] (or [`Platform::start`] with a [`PlatformConfig`])
+//! wires the in-memory object store, the Serving
 //! controllers with local processes as replicas (the KPA autoscaler, the
 //! ingress, activator and in-process queue-proxies on a loopback port), and
 //! the Eventing controllers with the broker data plane (ingress on a
@@ -22,9 +23,9 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use knative::local::{Platform, PlatformConfig};
+//! use knative::local::Platform;
 //!
-//! let platform = Platform::start(PlatformConfig::default()).await?;
+//! let platform = Platform::builder().start().await?;
 //! platform
 //!     .apply(
 //!         r#"
@@ -122,6 +123,125 @@ impl Default for PlatformConfig {
             durable_events: true,
             autoscaler: None,
         }
+    }
+}
+
+/// Sets up and starts a [`Platform`]: one setter per [`PlatformConfig`]
+/// field, each named like the field; whatever is not set keeps
+/// [`PlatformConfig::default`]'s value.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), knative::local::PlatformError> {
+/// use knative::local::Platform;
+///
+/// let platform = Platform::builder()
+///     .ingress_port(8080)
+///     .domain("127.0.0.1.sslip.io")
+///     .durable_events(false)
+///     .start()
+///     .await?;
+/// platform
+///     .apply("{apiVersion: eventing.knative.dev/v1, kind: Broker, metadata: {name: default, namespace: default}}")
+///     .await?;
+/// platform.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug, Default)]
+#[must_use = "a builder does nothing until `start` is awaited"]
+pub struct PlatformBuilder {
+    config: PlatformConfig,
+}
+
+impl PlatformBuilder {
+    /// A builder with [`PlatformConfig::default`]'s settings.
+    pub fn new() -> PlatformBuilder {
+        PlatformBuilder::default()
+    }
+
+    /// Where durable state goes ([`PlatformConfig::state_dir`]); left
+    /// unset, a temporary directory removed at shutdown.
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> PlatformBuilder {
+        self.config.state_dir = Some(dir.into());
+        self
+    }
+
+    /// The Serving ingress's port on 127.0.0.1
+    /// ([`PlatformConfig::ingress_port`]; 0: any free port).
+    pub fn ingress_port(mut self, port: u16) -> PlatformBuilder {
+        self.config.ingress_port = port;
+        self
+    }
+
+    /// The broker ingress's port on 127.0.0.1
+    /// ([`PlatformConfig::broker_port`]; 0: any free port).
+    pub fn broker_port(mut self, port: u16) -> PlatformBuilder {
+        self.config.broker_port = port;
+        self
+    }
+
+    /// The channel ingress's port on 127.0.0.1
+    /// ([`PlatformConfig::channel_port`]; 0: any free port).
+    pub fn channel_port(mut self, port: u16) -> PlatformBuilder {
+        self.config.channel_port = port;
+        self
+    }
+
+    /// The domain of services' URLs ([`PlatformConfig::domain`]).
+    pub fn domain(mut self, domain: impl Into<String>) -> PlatformBuilder {
+        self.config.domain = domain.into();
+        self
+    }
+
+    /// Commands that stand for images, by image name
+    /// ([`PlatformConfig::images`]); replaces any set before.
+    pub fn images(mut self, images: HashMap<String, LocalCommand>) -> PlatformBuilder {
+        self.config.images = images;
+        self
+    }
+
+    /// The command that runs the sample app
+    /// ([`PlatformConfig::sample_app`]): the program, then its arguments.
+    pub fn sample_app<I, S>(mut self, command: I) -> PlatformBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.sample_app = Some(command.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Whether broker events go to the durable embedded log
+    /// ([`PlatformConfig::durable_events`]).
+    pub fn durable_events(mut self, durable: bool) -> PlatformBuilder {
+        self.config.durable_events = durable;
+        self
+    }
+
+    /// The autoscaler's settings ([`PlatformConfig::autoscaler`]).
+    pub fn autoscaler(
+        mut self,
+        autoscaler: knative_serving::autoscaling::config::AutoscalerConfig,
+    ) -> PlatformBuilder {
+        self.config.autoscaler = Some(autoscaler);
+        self
+    }
+
+    /// The settings so far.
+    pub fn config(&self) -> &PlatformConfig {
+        &self.config
+    }
+
+    /// Starts the platform, as [`Platform::start`] does with these
+    /// settings.
+    pub async fn start(self) -> Result<Platform, PlatformError> {
+        Platform::start(self.config).await
+    }
+}
+
+impl From<PlatformConfig> for PlatformBuilder {
+    fn from(config: PlatformConfig) -> PlatformBuilder {
+        PlatformBuilder { config }
     }
 }
 
@@ -447,6 +567,25 @@ impl knative_eventing::reconciler::ContainerRunner for LocalContainerRunner {
 }
 
 impl Platform {
+    /// A builder for a platform: set what differs from
+    /// [`PlatformConfig::default`], then [`start`](PlatformBuilder::start).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), knative::local::PlatformError> {
+    /// let platform = knative::local::Platform::builder()
+    ///     .state_dir("/tmp/knative-state")
+    ///     .ingress_port(0)
+    ///     .start()
+    ///     .await?;
+    /// println!("ingress on {}", platform.ingress());
+    /// platform.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder() -> PlatformBuilder {
+        PlatformBuilder::new()
+    }
+
     /// Starts every controller and data plane; returns once they listen.
     pub async fn start(config: PlatformConfig) -> Result<Platform, PlatformError> {
         let start = |e: &dyn std::fmt::Display| PlatformError::Start(e.to_string());
@@ -1316,4 +1455,62 @@ fn with_type<K: ApiObject>(object: &K) -> Result<Value, PlatformError> {
         map.insert("kind".to_owned(), Value::String(K::kind_name()));
     }
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builder_sets_each_field_and_keeps_the_defaults_of_the_rest() {
+        let builder = Platform::builder()
+            .state_dir("/tmp/state")
+            .ingress_port(1)
+            .broker_port(2)
+            .channel_port(3)
+            .domain("example.com")
+            .images(HashMap::new())
+            .sample_app(["app", "serve"])
+            .durable_events(false);
+        let config = builder.config();
+        assert_eq!(config.state_dir, Some(PathBuf::from("/tmp/state")));
+        assert_eq!(
+            (config.ingress_port, config.broker_port, config.channel_port),
+            (1, 2, 3)
+        );
+        assert_eq!(config.domain, "example.com");
+        assert_eq!(
+            config.sample_app,
+            Some(vec!["app".to_owned(), "serve".to_owned()])
+        );
+        assert!(!config.durable_events);
+        assert!(config.autoscaler.is_none());
+        let defaults = Platform::builder();
+        assert_eq!(defaults.config().domain, "localhost");
+        assert!(defaults.config().durable_events);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_platform_started_by_the_builder_applies_a_broker() {
+        let platform = Platform::builder()
+            .durable_events(false)
+            .start()
+            .await
+            .expect("the platform starts");
+        let applied = platform
+            .apply("{apiVersion: eventing.knative.dev/v1, kind: Broker, metadata: {name: default, namespace: default}}")
+            .await
+            .expect("applies");
+        assert_eq!(applied.len(), 1, "{applied:?}");
+        let broker = platform
+            .wait_ready("broker", "default", "default", Duration::from_secs(30))
+            .await
+            .expect("the broker is Ready");
+        let url = broker["status"]["address"]["url"].as_str().unwrap_or("");
+        assert!(
+            url.contains(&platform.broker_ingress().port().to_string()),
+            "{broker:#}"
+        );
+        platform.shutdown().await;
+    }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use hyper::Method;
+use tokio::signal::unix::SignalKind;
 
 /// mimalloc rather than glibc's allocator: the data planes allocate per
 /// request and per event (measured in the README's broker section).
@@ -47,7 +48,8 @@ enum Command {
     ///
     /// Applies the manifests in each -f directory or file at start and
     /// again when they change; other commands (apply, get, delete, logs,
-    /// events) talk to it. Stops on Ctrl-C.
+    /// events) talk to it. Stops on Ctrl-C (SIGINT) or SIGTERM, removing
+    /// admin.json and every replica process.
     Up {
         /// Manifests to apply and watch (files or directories).
         #[arg(short = 'f', long = "filename")]
@@ -369,7 +371,14 @@ fn manifest_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
-/// `knative up`.
+/// The stream of `kind` signals, installed now.
+fn signal(kind: SignalKind) -> Result<tokio::signal::unix::Signal, String> {
+    tokio::signal::unix::signal(kind).map_err(|e| format!("cannot handle signals: {e}"))
+}
+
+/// `knative up`: serves until SIGINT or SIGTERM, then stops the manifest
+/// watcher and the admin API, removes admin.json and shuts the platform
+/// down.
 async fn up(
     state: &Path,
     files: Vec<PathBuf>,
@@ -377,21 +386,21 @@ async fn up(
 ) -> Result<(), String> {
     std::fs::create_dir_all(state).map_err(|e| format!("{}: {e}", state.display()))?;
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
-    let platform = knative::local::Platform::start(knative::local::PlatformConfig {
-        state_dir: Some(state.to_path_buf()),
-        ingress_port,
-        broker_port,
-        channel_port,
-        sample_app: Some(vec![
-            me.to_string_lossy().into_owned(),
-            "sample-app".to_owned(),
-        ]),
-        ..knative::local::PlatformConfig::default()
-    })
-    .await
-    .map_err(|e| {
-        format!("{e} (pick other ports with --ingress-port, --broker-port and --channel-port)")
-    })?;
+    // Installed before anything starts, so that a SIGTERM at any point
+    // after this shuts the platform down rather than killing the process.
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let platform = knative::local::Platform::builder()
+        .state_dir(state)
+        .ingress_port(ingress_port)
+        .broker_port(broker_port)
+        .channel_port(channel_port)
+        .sample_app([me.to_string_lossy().into_owned(), "sample-app".to_owned()])
+        .start()
+        .await
+        .map_err(|e| {
+            format!("{e} (pick other ports with --ingress-port, --broker-port and --channel-port)")
+        })?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
@@ -429,14 +438,17 @@ async fn up(
         platform.channel_ingress()
     );
     println!("  state:     {}", state.display());
-    println!("  try:       knative get ksvc    (Ctrl-C stops)");
+    println!("  try:       knative get ksvc    (Ctrl-C or SIGTERM stops)");
     let watcher = (!files.is_empty()).then(|| {
         let platform = platform.clone();
         let stopped = stopped.clone();
         tokio::spawn(async move { watch_manifests(platform, files, stopped).await })
     });
-    let _ = tokio::signal::ctrl_c().await;
-    println!("stopping…");
+    let name = tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    };
+    println!("{name}: stopping…");
     let _ = stop.send(true);
     if let Some(watcher) = watcher {
         let _ = watcher.await;

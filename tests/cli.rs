@@ -212,10 +212,12 @@ mod queue_proxy {
 }
 
 /// `knative up` in the background with its own state directory and free
-/// ports; stopped with SIGINT (as Ctrl-C) when dropped.
+/// ports; stopped with SIGINT (as Ctrl-C) when dropped, unless
+/// [`Up::stop`] stopped it.
 struct Up {
     child: std::process::Child,
     state: tempfile::TempDir,
+    exited: bool,
 }
 
 impl Up {
@@ -246,7 +248,29 @@ impl Up {
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        Up { child, state }
+        Up {
+            child,
+            state,
+            exited: false,
+        }
+    }
+
+    /// Sends `signal` and waits (at most 30 s) for the process to exit.
+    fn stop(&mut self, signal: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signalled");
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waits") {
+                self.exited = true;
+                return status;
+            }
+            assert!(
+                start.elapsed().as_secs() < 30,
+                "knative up did not exit within 30 s of {signal}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     fn run(&self, args: &[&str]) -> std::process::Output {
@@ -261,6 +285,9 @@ impl Up {
 
 impl Drop for Up {
     fn drop(&mut self) {
+        if self.exited {
+            return;
+        }
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
         let _ = self.child.wait();
@@ -330,6 +357,78 @@ fn up_serves_the_samples_and_the_other_commands_talk_to_it() {
     let out = up.run(&["get", "ksvc", "hello"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+}
+
+#[test]
+fn up_stops_cleanly_on_sigterm() {
+    let empty = tempfile::tempdir().expect("temp dir");
+    let mut up = Up::start(empty.path().to_str().expect("utf-8"));
+    // A service's replica is a child process that must go too.
+    let service = empty.path().join("svc.yaml");
+    std::fs::write(
+        &service,
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: hello, namespace: default}\nspec:\n  template:\n    metadata:\n      annotations: {autoscaling.knative.dev/min-scale: \"1\"}\n    spec:\n      containers: [{image: knative.dev/sample-app}]\n",
+    )
+    .expect("writes");
+    let out = up.run(&["apply", "-f", service.to_str().expect("utf-8")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let start = std::time::Instant::now();
+    let replicas = loop {
+        let out = up.run(&["get", "ksvc", "hello"]);
+        let table = String::from_utf8_lossy(&out.stdout).into_owned();
+        let replicas = children_of(up.child.id());
+        if table.contains("True") && !replicas.is_empty() {
+            break replicas;
+        }
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "hello never became Ready with a replica process: {table}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+
+    let status = up.stop(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(
+        !up.state.path().join("admin.json").exists(),
+        "admin.json was left behind"
+    );
+    for pid in replicas {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")),
+            "replica process {pid} outlived knative up"
+        );
+    }
+}
+
+/// The processes whose parent is `parent` (from /proc).
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // `pid (comm) state ppid …`: the fields after the last `)`.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            children.push(pid);
+        }
+    }
+    children
 }
 
 #[test]

@@ -8,26 +8,22 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use knative::local::{Platform, PlatformConfig};
+use knative::local::Platform;
 use knative::serving::autoscaling::config::AutoscalerConfig;
 
 const READY: Duration = Duration::from_secs(60);
 
 async fn platform() -> Platform {
-    Platform::start(PlatformConfig {
-        sample_app: Some(vec![
-            env!("CARGO_BIN_EXE_knative").to_owned(),
-            "sample-app".to_owned(),
-        ]),
-        autoscaler: Some(AutoscalerConfig {
+    Platform::builder()
+        .sample_app([env!("CARGO_BIN_EXE_knative"), "sample-app"])
+        .autoscaler(AutoscalerConfig {
             stable_window: Duration::from_secs(6),
             scale_to_zero_grace_period: Duration::from_secs(1),
             ..AutoscalerConfig::default()
-        }),
-        ..PlatformConfig::default()
-    })
-    .await
-    .expect("the platform starts")
+        })
+        .start()
+        .await
+        .expect("the platform starts")
 }
 
 fn samples() -> String {

@@ -256,87 +256,87 @@ pub async fn run() -> Result<(), String> {
         return finish(platform, steps, started).await;
     }
 
-    step!("drive load: 30 clients for 8 s (watch 0 → N)", async {
-        let stop = Arc::new(AtomicBool::new(false));
-        let done = Arc::new(AtomicU64::new(0));
-        let errors = Arc::new(AtomicU64::new(0));
-        let latencies = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
-        let clients: Vec<_> = (0..30)
-            .map(|_| {
-                let (client, platform, host) = (client.clone(), platform.clone(), host.clone());
-                let (stop, done, errors, latencies) = (
-                    Arc::clone(&stop),
-                    Arc::clone(&done),
-                    Arc::clone(&errors),
-                    Arc::clone(&latencies),
-                );
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        let t = Instant::now();
-                        match get(&client, &platform, &host, "/sleep/100").await {
-                            Ok((200, _)) => {
-                                done.fetch_add(1, Ordering::Relaxed);
-                                if let Ok(mut l) = latencies.lock() {
-                                    l.push(t.elapsed().as_millis() as u32);
+    step!(
+        "drive load from zero: 30 clients for 8 s (watch 0 → N)",
+        async {
+            // hello has a replica since the request above: let it go idle to
+            // zero first (stable window 6 s + grace 2 s), so the load really
+            // starts from 0.
+            let idle = wait_for_zero(&platform, "hello-00001", Duration::from_secs(60)).await?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let done = Arc::new(AtomicU64::new(0));
+            let errors = Arc::new(AtomicU64::new(0));
+            let latencies = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
+            let clients: Vec<_> = (0..30)
+                .map(|_| {
+                    let (client, platform, host) = (client.clone(), platform.clone(), host.clone());
+                    let (stop, done, errors, latencies) = (
+                        Arc::clone(&stop),
+                        Arc::clone(&done),
+                        Arc::clone(&errors),
+                        Arc::clone(&latencies),
+                    );
+                    tokio::spawn(async move {
+                        while !stop.load(Ordering::Relaxed) {
+                            let t = Instant::now();
+                            match get(&client, &platform, &host, "/sleep/100").await {
+                                Ok((200, _)) => {
+                                    done.fetch_add(1, Ordering::Relaxed);
+                                    if let Ok(mut l) = latencies.lock() {
+                                        l.push(t.elapsed().as_millis() as u32);
+                                    }
+                                }
+                                _ => {
+                                    errors.fetch_add(1, Ordering::Relaxed);
                                 }
                             }
-                            _ => {
-                                errors.fetch_add(1, Ordering::Relaxed);
-                            }
                         }
-                    }
+                    })
                 })
-            })
-            .collect();
-        let t = Instant::now();
-        let mut most = 0;
-        while t.elapsed() < Duration::from_secs(8) {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let replicas = platform.replicas("default", "hello-00001");
-            most = most.max(replicas);
-            let p50 = {
-                let mut l = latencies.lock().map(|l| l.clone()).unwrap_or_default();
-                l.sort_unstable();
-                l.get(l.len() / 2).copied().unwrap_or(0)
-            };
-            progress(&format!(
-                "{:>4.1} s  requests {:>6}  errors {}  replicas {replicas}  p50 {p50} ms",
-                t.elapsed().as_secs_f64(),
-                done.load(Ordering::Relaxed),
-                errors.load(Ordering::Relaxed)
-            ));
+                .collect();
+            let t = Instant::now();
+            let mut most = 0;
+            let mut first = None;
+            while t.elapsed() < Duration::from_secs(8) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let replicas = platform.replicas("default", "hello-00001");
+                most = most.max(replicas);
+                if replicas > 0 && first.is_none() {
+                    first = Some(t.elapsed());
+                }
+                let p50 = {
+                    let mut l = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+                    l.sort_unstable();
+                    l.get(l.len() / 2).copied().unwrap_or(0)
+                };
+                progress(&format!(
+                    "{:>4.1} s  requests {:>6}  errors {}  replicas {replicas}  p50 {p50} ms",
+                    t.elapsed().as_secs_f64(),
+                    done.load(Ordering::Relaxed),
+                    errors.load(Ordering::Relaxed)
+                ));
+            }
+            stop.store(true, Ordering::Relaxed);
+            for c in clients {
+                let _ = c.await;
+            }
+            let (done, errors) = (done.load(Ordering::Relaxed), errors.load(Ordering::Relaxed));
+            if most < 2 {
+                return Err(format!(
+                    "the load never scaled hello beyond {most} replica(s)"
+                ));
+            }
+            Ok(format!(
+                "0 replicas after {:.1} s idle; then {done} requests, {errors} errors, \
+             first replica after {:.1} s, scaled 0 → {most} replicas",
+                idle.as_secs_f64(),
+                first.unwrap_or_default().as_secs_f64()
+            ))
         }
-        stop.store(true, Ordering::Relaxed);
-        for c in clients {
-            let _ = c.await;
-        }
-        let (done, errors) = (done.load(Ordering::Relaxed), errors.load(Ordering::Relaxed));
-        if most < 2 {
-            return Err(format!(
-                "the load never scaled hello beyond {most} replica(s)"
-            ));
-        }
-        Ok(format!(
-            "{done} requests, {errors} errors, scaled up to {most} replicas"
-        ))
-    });
+    );
 
     step!("watch N → 0 (scale to zero when idle)", async {
-        let t = Instant::now();
-        loop {
-            let replicas = platform.replicas("default", "hello-00001");
-            progress(&format!(
-                "{:>4.1} s idle  replicas {replicas}",
-                t.elapsed().as_secs_f64()
-            ));
-            if replicas == 0 {
-                break;
-            }
-            if t.elapsed() > Duration::from_secs(60) {
-                return Err(format!("still {replicas} replicas after 60 s"));
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        let idle = wait_for_zero(&platform, "hello-00001", Duration::from_secs(60)).await?;
         let t0 = Instant::now();
         let (status, body) = get(&client, &platform, &host, "/").await?;
         if status != 200 {
@@ -344,7 +344,7 @@ pub async fn run() -> Result<(), String> {
         }
         Ok(format!(
             "zero replicas after {:.1} s idle; a request at zero answered {body:?} in {} ms (cold start through the activator)",
-            t.elapsed().as_secs_f64() - t0.elapsed().as_secs_f64(),
+            idle.as_secs_f64(),
             t0.elapsed().as_millis()
         ))
     });
@@ -552,6 +552,33 @@ pub async fn run() -> Result<(), String> {
     );
 
     finish(platform, steps, started).await
+}
+
+/// Waits, with a progress line, until revision `default/revision` has no
+/// replicas; returns how long that took, or an error after `timeout`.
+async fn wait_for_zero(
+    platform: &Platform,
+    revision: &str,
+    timeout: Duration,
+) -> Result<Duration, String> {
+    let t = Instant::now();
+    loop {
+        let replicas = platform.replicas("default", revision);
+        progress(&format!(
+            "{:>4.1} s idle  replicas {replicas}  (waiting for zero)",
+            t.elapsed().as_secs_f64()
+        ));
+        if replicas == 0 {
+            return Ok(t.elapsed());
+        }
+        if t.elapsed() > timeout {
+            return Err(format!(
+                "still {replicas} replicas after {} s idle",
+                timeout.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// The OCI layout under `dir` whose `index.json` names `digest` and holds
