@@ -5,8 +5,10 @@
 //! (`-- --seconds N` to measure longer than 5 s per row; environment
 //! `ROWS=1x1,10x1,1x1@5000` picks rows as triggers×events-per-request,
 //! with `@RATE` for producers paced at RATE events/s in all,
-//! `MAX_IN_FLIGHT=n` the dispatchers' window, and `LOG=disk` the durable
-//! `DiskLog` instead of the in-memory log, `CESQL=off` skips the CESQL row).
+//! `MAX_IN_FLIGHT=n` the dispatchers' window, `LOG=disk` the durable
+//! `DiskLog` instead of the in-memory log, `LOG=nats` the `NatsLog` on a
+//! `nats-server -js` the benchmark starts on a free port (its CPU time is
+//! counted as the broker's), `CESQL=off` skips the CESQL row).
 //!
 //! Producers post binary-mode events (one per request as upstream's
 //! ingress takes them, or 100 per batched request) on 32 keep-alive
@@ -109,7 +111,12 @@ type Threads = Arc<Mutex<Vec<std::path::PathBuf>>>;
 /// CPU time of the whole process so far, in ns (`/proc/self/stat`:
 /// utime + stime, in clock ticks of 10 ms).
 fn process_cpu_ns() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_ns_of("/proc/self/stat")
+}
+
+/// CPU time of the process whose `stat` file is `path`, in ns.
+fn cpu_ns_of(path: &str) -> u64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     // Fields after the command name (which may hold spaces) in parentheses.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -132,6 +139,66 @@ fn threads_cpu_ns(threads: &Threads) -> u64 {
         .filter_map(|t| std::fs::read_to_string(t.join("schedstat")).ok())
         .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
         .sum()
+}
+
+/// A `nats-server -js` on a free loopback port with its store in a
+/// temporary directory, killed on drop (`LOG=nats`).
+struct NatsServer {
+    child: std::process::Child,
+    url: String,
+    _store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    fn start() -> NatsServer {
+        use std::io::BufRead as _;
+        let store = tempfile::tempdir().expect("temp dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut child = std::process::Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("nats-server on PATH (Debian: apt-get install nats-server)");
+        // Ready once it says so (JetStream included); keep draining its log.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        if let Some(stderr) = child.stderr.take() {
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stderr)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    if line.contains("Server is ready") {
+                        let _ = ready_tx.send(());
+                    }
+                }
+            });
+        }
+        ready_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("nats-server ready within 20 s");
+        NatsServer {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+            _store: store,
+        }
+    }
+
+    /// Its CPU time so far, in ns.
+    fn cpu_ns(&self) -> u64 {
+        cpu_ns_of(&format!("/proc/{}/stat", self.child.id()))
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 struct Row {
@@ -164,6 +231,9 @@ async fn run(
     // `LOG=disk`: the durable log in a temporary directory.
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("bench.redb");
+    // `LOG=nats`: a server of its own for each row.
+    let nats = (std::env::var("LOG").as_deref() == Ok("nats")).then(NatsServer::start);
+    let nats_url = nats.as_ref().map(|n| n.url.clone());
     // The broker (ingress, dispatchers, their HTTP client) runs on its own
     // runtime: everything it spawns stays there.
     let (brokers, ingress, stop_tx) = broker_rt
@@ -173,6 +243,19 @@ async fn run(
                     Ok("disk") => {
                         Arc::new(knative_eventing::log::disk::DiskLog::open(path).expect("opens"))
                     }
+                    Ok("nats") => Arc::new(
+                        knative_eventing::log::nats::NatsLog::connect(
+                            nats_url.as_deref().expect("a server"),
+                            // Bounded like the other logs, so that closed-loop
+                            // producers cannot run arbitrarily far ahead.
+                            knative_eventing::log::nats::NatsLogConfig {
+                                max_events: Some(knative_eventing::log::DEFAULT_CAPACITY as u64),
+                                ..knative_eventing::log::nats::NatsLogConfig::default()
+                            },
+                        )
+                        .await
+                        .expect("connects to nats-server"),
+                    ),
                     _ => Arc::new(InMemoryLog::new()),
                 };
             let brokers = Brokers::new(
@@ -302,12 +385,13 @@ async fn run(
     tokio::time::sleep_until((start + warmup).into()).await;
     let delivered_before = seen.count.load(Ordering::Relaxed);
     let load_before = threads_cpu_ns(&load_threads);
-    let cpu_before = process_cpu_ns().saturating_sub(load_before);
+    let nats_cpu = || nats.as_ref().map_or(0, NatsServer::cpu_ns);
+    let cpu_before = (process_cpu_ns() + nats_cpu()).saturating_sub(load_before);
     seen.latencies.lock().expect("lock").clear();
     tokio::time::sleep_until((start + warmup + measure).into()).await;
     let delivered = seen.count.load(Ordering::Relaxed) - delivered_before;
     let load_after = threads_cpu_ns(&load_threads);
-    let broker_cpu = process_cpu_ns()
+    let broker_cpu = (process_cpu_ns() + nats_cpu())
         .saturating_sub(load_after)
         .saturating_sub(cpu_before);
     let load_cpu = load_after.saturating_sub(load_before);
@@ -318,6 +402,7 @@ async fn run(
     let _ = stop_tx.send(());
     drop(brokers);
     drop(dir);
+    drop(nats);
     latencies.sort_unstable();
     let pct = |p: f64| {
         latencies
@@ -385,10 +470,10 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse().ok())
         .unwrap_or(5.0);
-    let log = if std::env::var("LOG").as_deref() == Ok("disk") {
-        "durable DiskLog (redb, synced group commits)"
-    } else {
-        "in-memory log"
+    let log = match std::env::var("LOG").as_deref() {
+        Ok("disk") => "durable DiskLog (redb, synced group commits)",
+        Ok("nats") => "durable NatsLog (a local nats-server -js, file store)",
+        _ => "in-memory log",
     };
     println!(
         "broker benchmark: {seconds} s per row after 1 s warm-up, {log}, every trigger matches"

@@ -218,12 +218,29 @@ struct Inner {
     follows: Mutex<HashMap<String, Follow>>,
     /// Tells [`Follow`]s apart, so that a follower removes only itself.
     next_follow: AtomicU64,
+    /// When each log was last trimmed, and whether a trim waits for its
+    /// turn (see [`NatsLog::trim_soon`]).
+    trims: Mutex<HashMap<String, TrimState>>,
 }
+
+/// The trimming of one log: at most one per [`TRIM_INTERVAL`].
+struct TrimState {
+    last: std::time::Instant,
+    pending: bool,
+}
+
+/// Trims of one log are at least this far apart: each lists every cursor
+/// (a JetStream API call), and the server's interest retention already
+/// drops what every cursor acknowledged, so trimming after every commit
+/// only costs.
+const TRIM_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The end of one log, followed by a task.
 struct Follow {
     id: u64,
     end: watch::Sender<Offset>,
+    /// The stream allows direct gets (`allow_direct`).
+    direct: bool,
     /// When the stream was created: a stream deleted and created again
     /// (sequences start over) is another log.
     created: DateTime,
@@ -245,6 +262,7 @@ impl fmt::Debug for NatsLog {
 }
 
 /// A log's stream and subject.
+#[derive(Clone)]
 struct Names {
     stream: String,
     subject: String,
@@ -294,6 +312,7 @@ impl NatsLog {
                 config,
                 follows: Mutex::new(HashMap::new()),
                 next_follow: AtomicU64::new(0),
+                trims: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -424,10 +443,91 @@ impl NatsLog {
             Follow {
                 id,
                 end,
+                direct: info.config.allow_direct,
                 created: info.created,
                 task,
             },
         );
+    }
+
+    /// The end of `log` and whether its stream allows direct gets, when
+    /// its end is followed.
+    fn followed(&self, log: &str) -> Option<(Offset, bool)> {
+        let follows = self
+            .inner
+            .follows
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        follows
+            .get(log)
+            .filter(|f| !f.task.is_finished())
+            .map(|f| (*f.end.borrow(), f.direct))
+    }
+
+    /// Trims `log` now, or once [`TRIM_INTERVAL`] has passed since its
+    /// last trim (on a task of its own; one waits at a time).
+    async fn trim_soon(&self, log: &str, names: &Names) {
+        let wait = {
+            let mut trims = self
+                .inner
+                .trims
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let now = std::time::Instant::now();
+            match trims.get_mut(log) {
+                Some(state) if now.duration_since(state.last) < TRIM_INTERVAL => {
+                    if state.pending {
+                        return;
+                    }
+                    state.pending = true;
+                    Some(TRIM_INTERVAL - now.duration_since(state.last))
+                }
+                Some(state) => {
+                    state.last = now;
+                    None
+                }
+                None => {
+                    trims.insert(
+                        log.to_owned(),
+                        TrimState {
+                            last: now,
+                            pending: false,
+                        },
+                    );
+                    None
+                }
+            }
+        };
+        match wait {
+            None => {
+                if let Err(e) = self.trim(log, names).await {
+                    // The commit itself is done; the next one trims again.
+                    debug!(error = %e, "cannot trim the log");
+                }
+            }
+            Some(wait) => {
+                let (this, log, names) = (self.clone(), log.to_owned(), names.clone());
+                tokio::spawn(
+                    async move {
+                        tokio::time::sleep(wait).await;
+                        if let Some(state) = this
+                            .inner
+                            .trims
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .get_mut(&log)
+                        {
+                            state.pending = false;
+                            state.last = std::time::Instant::now();
+                        }
+                        if let Err(e) = this.trim(&log, &names).await {
+                            debug!(error = %e, "cannot trim the log");
+                        }
+                    }
+                    .instrument(debug_span!("nats_log.trim")),
+                );
+            }
+        }
     }
 
     /// Moves `log`'s followed end to at least `last` (a sequence just
@@ -544,21 +644,27 @@ impl NatsLog {
         max: usize,
     ) -> Result<Vec<Record>, LogError> {
         let names = self.names(log);
-        let info = self.stream_info(log, &names).await?;
-        self.follow(log, &names, &info);
-        let oldest = oldest_offset(&info);
-        if from < oldest {
-            return Err(LogError::Discarded {
-                log: log.to_owned(),
-                requested: from,
-                oldest,
-            });
-        }
+        // A followed log's end is known without asking the server: a read
+        // is then only the gets of its events. A missing first event is
+        // told apart from a discarded one below, with the stream's state.
+        let (end, direct) = match self.followed(log) {
+            Some(known) => known,
+            None => {
+                let info = self.stream_info(log, &names).await?;
+                self.follow(log, &names, &info);
+                let oldest = oldest_offset(&info);
+                if from < oldest {
+                    return Err(LogError::Discarded {
+                        log: log.to_owned(),
+                        requested: from,
+                        oldest,
+                    });
+                }
+                (info.state.last_sequence, info.config.allow_direct)
+            }
+        };
         // Offsets from..from+max are sequences from+1..=from+max.
-        let last = info
-            .state
-            .last_sequence
-            .min(from.saturating_add(max as u64));
+        let last = end.min(from.saturating_add(max as u64));
         if last <= from {
             return Ok(Vec::new());
         }
@@ -568,7 +674,6 @@ impl NatsLog {
             .get_stream_no_info(&names.stream)
             .await
             .map_err(|e| storage(log, "invalid stream name", e))?;
-        let direct = info.config.allow_direct;
         let gets = futures::stream::iter(from + 1..=last)
             .map(|sequence| {
                 let stream = &stream;
@@ -810,11 +915,8 @@ impl NatsLog {
                 break;
             }
         }
-        if info.state.first_sequence.saturating_sub(1) < target
-            && let Err(e) = self.trim(log, &names).await
-        {
-            // The commit itself is done; the next one trims again.
-            debug!(error = %e, "cannot trim the log");
+        if info.state.first_sequence.saturating_sub(1) < target {
+            self.trim_soon(log, &names).await;
         }
         Ok(())
     }
@@ -950,6 +1052,11 @@ impl EventLog for NatsLog {
             Err(e) => return Err(storage(log, what, e)),
         }
         self.unfollow(log);
+        self.inner
+            .trims
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(log);
         Ok(())
     }
 
