@@ -311,7 +311,7 @@ impl Channel {
     /// The dead-letter sink resolved (or none is configured).
     pub const CONDITION_DEAD_LETTER_SINK_RESOLVED: &'static str = "DeadLetterSinkResolved";
     /// The EventPolicies that apply to the channel are ready (see
-    /// [`CONDITION_EVENT_POLICIES_READY`](crate::api::messaging::CONDITION_EVENT_POLICIES_READY)).
+    /// [`CONDITION_EVENT_POLICIES_READY`]).
     pub const CONDITION_EVENT_POLICIES_READY: &'static str = CONDITION_EVENT_POLICIES_READY;
 
     /// `Ready` over `BackingChannelReady`, `Addressable`,
@@ -428,7 +428,7 @@ impl InMemoryChannel {
     /// The dead-letter sink resolved (or none is configured).
     pub const CONDITION_DEAD_LETTER_SINK_RESOLVED: &'static str = "DeadLetterSinkResolved";
     /// The EventPolicies that apply to the channel are ready (see
-    /// [`CONDITION_EVENT_POLICIES_READY`](crate::api::messaging::CONDITION_EVENT_POLICIES_READY)).
+    /// [`CONDITION_EVENT_POLICIES_READY`]).
     pub const CONDITION_EVENT_POLICIES_READY: &'static str = CONDITION_EVENT_POLICIES_READY;
 
     /// `Ready` over `ServiceReady`, `EndpointsReady`, `Addressable`,
