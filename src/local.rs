@@ -491,23 +491,47 @@ fn container_source_workload(name: &str) -> String {
     format!("{name}-deployment")
 }
 
-/// ContainerSources on the local platform: the template's first container
-/// as a local process (one replica, restarted when it exits), through the
-/// same [`LocalBackend`] that runs revisions; its output is read with
-/// [`Platform::logs`]. Upstream runs a Deployment `{name}-deployment`.
-struct LocalContainerRunner {
-    backend: LocalBackend,
+/// ContainerSources through any [`WorkloadBackend`](knative_serving::backend::WorkloadBackend):
+/// the [`ContainerRunner`](knative_eventing::reconciler::ContainerRunner) a
+/// platform team gives the ContainerSource reconciler to run sources on its
+/// own runtime. The source's pod template (its `K_SINK` and
+/// `K_CE_OVERRIDES` already injected by the reconciler) becomes one
+/// workload `{name}-deployment` (the Deployment name upstream uses) at one
+/// replica, its first container serving; a container without a readiness
+/// probe gets `exec: true`, since a source sends events and need not
+/// listen. The local platform runs its ContainerSources through this with
+/// the same `LocalBackend` that runs revisions (their output is read with
+/// [`Platform::logs`]).
+pub struct WorkloadContainerRunner<B> {
+    backend: B,
+}
+
+impl<B> WorkloadContainerRunner<B> {
+    /// A runner that runs sources on `backend`.
+    pub fn new(backend: B) -> Self {
+        WorkloadContainerRunner { backend }
+    }
+}
+
+impl<B> std::fmt::Debug for WorkloadContainerRunner<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkloadContainerRunner")
+            .finish_non_exhaustive()
+    }
 }
 
 #[async_trait]
-impl knative_eventing::reconciler::ContainerRunner for LocalContainerRunner {
+impl<B> knative_eventing::reconciler::ContainerRunner for WorkloadContainerRunner<B>
+where
+    B: knative_serving::backend::WorkloadBackend + 'static,
+{
     async fn ensure(
         &self,
         namespace: &str,
         name: &str,
         template: k8s_openapi::api::core::v1::PodTemplateSpec,
     ) -> Result<(), String> {
-        use knative_serving::backend::{WorkloadBackend as _, WorkloadSpec};
+        use knative_serving::backend::WorkloadSpec;
         let mut pod = template.spec.unwrap_or_default();
         let mut containers = std::mem::take(&mut pod.containers);
         if containers.is_empty() {
@@ -555,7 +579,6 @@ impl knative_eventing::reconciler::ContainerRunner for LocalContainerRunner {
     }
 
     async fn remove(&self, namespace: &str, name: &str) -> Result<(), String> {
-        use knative_serving::backend::WorkloadBackend as _;
         self.backend
             .remove(&WorkloadKey::new(
                 namespace,
@@ -697,7 +720,7 @@ impl Platform {
             binding_target: Arc::new(ServiceBindingTarget {
                 services: Arc::clone(&objects.services),
             }),
-            container_runner: Arc::new(LocalContainerRunner {
+            container_runner: Arc::new(WorkloadContainerRunner {
                 backend: backend.clone(),
             }),
         };
@@ -1460,6 +1483,64 @@ fn with_type<K: ApiObject>(object: &K) -> Result<Value, PlatformError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A ContainerSource's template becomes one workload
+    /// `{name}-deployment` at one replica on whatever backend the runner
+    /// has, its pod fields kept and a readiness probe added; removing the
+    /// source removes the workload.
+    #[tokio::test]
+    async fn a_container_source_runs_as_one_workload_on_any_backend() {
+        use knative_eventing::reconciler::ContainerRunner as _;
+        use knative_serving::backend::MockWorkloadBackend;
+        let key = WorkloadKey::new("ns", "heartbeats-deployment");
+        let mut backend = MockWorkloadBackend::new();
+        let expected = key.clone();
+        backend
+            .expect_ensure()
+            .withf(move |spec| {
+                spec.key == expected
+                    && spec.containers.len() == 1
+                    && spec.containers[0].readiness_probe.is_some()
+                    && spec.pod.containers.is_empty()
+                    && spec.pod.service_account_name.as_deref() == Some("sa")
+                    && spec.labels.get("app").map(String::as_str) == Some("hb")
+            })
+            .times(1)
+            .returning(|_| Ok(()));
+        let expected = key.clone();
+        backend
+            .expect_scale()
+            .withf(move |k, replicas| *k == expected && *replicas == 1)
+            .times(1)
+            .returning(|_, _| Ok(()));
+        let expected = key.clone();
+        backend
+            .expect_remove()
+            .withf(move |k| *k == expected)
+            .times(1)
+            .returning(|_| Ok(()));
+        let runner = WorkloadContainerRunner::new(backend);
+        let template: k8s_openapi::api::core::v1::PodTemplateSpec =
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"labels": {"app": "hb"}},
+                "spec": {
+                    "serviceAccountName": "sa",
+                    "containers": [{"image": "heartbeats", "env": [{"name": "K_SINK", "value": "http://sink"}]}]
+                }
+            }))
+            .expect("template");
+        runner
+            .ensure("ns", "heartbeats", template)
+            .await
+            .expect("ensured");
+        runner.remove("ns", "heartbeats").await.expect("removed");
+        let empty = k8s_openapi::api::core::v1::PodTemplateSpec::default();
+        let err = runner
+            .ensure("ns", "heartbeats", empty)
+            .await
+            .expect_err("no containers");
+        assert!(err.contains("template.spec.containers"), "{err}");
+    }
 
     #[test]
     fn the_builder_sets_each_field_and_keeps_the_defaults_of_the_rest() {

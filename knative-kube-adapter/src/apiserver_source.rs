@@ -94,18 +94,11 @@ use tracing::{Instrument, debug, info_span, warn};
 /// The finalizer of ApiServerSources: removed once their watchers stopped.
 pub const API_SERVER_SOURCE_FINALIZER: &str = "apiserversources.sources.knative.dev";
 
-/// Type of the event sent when an object is added, in `Resource` mode.
-pub const ADD_EVENT_TYPE: &str = "dev.knative.apiserver.resource.add";
-/// Type of the event sent when an object is updated, in `Resource` mode.
-pub const UPDATE_EVENT_TYPE: &str = "dev.knative.apiserver.resource.update";
-/// Type of the event sent when an object is deleted, in `Resource` mode.
-pub const DELETE_EVENT_TYPE: &str = "dev.knative.apiserver.resource.delete";
-/// Type of the event sent when an object is added, in `Reference` mode.
-pub const ADD_REF_EVENT_TYPE: &str = "dev.knative.apiserver.ref.add";
-/// Type of the event sent when an object is updated, in `Reference` mode.
-pub const UPDATE_REF_EVENT_TYPE: &str = "dev.knative.apiserver.ref.update";
-/// Type of the event sent when an object is deleted, in `Reference` mode.
-pub const DELETE_REF_EVENT_TYPE: &str = "dev.knative.apiserver.ref.delete";
+/// The event types, by mode and change (`dev.knative.apiserver.{ref,resource}.{add,update,delete}`).
+pub use knative_eventing::api::sources::{
+    ADD_EVENT_TYPE, ADD_REF_EVENT_TYPE, DELETE_EVENT_TYPE, DELETE_REF_EVENT_TYPE,
+    UPDATE_EVENT_TYPE, UPDATE_REF_EVENT_TYPE,
+};
 
 /// The source URL used when the operator cannot tell its API server's URL.
 pub const DEFAULT_API_SERVER_URL: &str = "https://kubernetes.default.svc";

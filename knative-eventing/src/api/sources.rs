@@ -568,6 +568,19 @@ pub struct ApiVersionKind {
     pub kind: String,
 }
 
+/// Type of the event sent when an object is added, in `Resource` mode.
+pub const ADD_EVENT_TYPE: &str = "dev.knative.apiserver.resource.add";
+/// Type of the event sent when an object is updated, in `Resource` mode.
+pub const UPDATE_EVENT_TYPE: &str = "dev.knative.apiserver.resource.update";
+/// Type of the event sent when an object is deleted, in `Resource` mode.
+pub const DELETE_EVENT_TYPE: &str = "dev.knative.apiserver.resource.delete";
+/// Type of the event sent when an object is added, in `Reference` mode.
+pub const ADD_REF_EVENT_TYPE: &str = "dev.knative.apiserver.ref.add";
+/// Type of the event sent when an object is updated, in `Reference` mode.
+pub const UPDATE_REF_EVENT_TYPE: &str = "dev.knative.apiserver.ref.update";
+/// Type of the event sent when an object is deleted, in `Reference` mode.
+pub const DELETE_REF_EVENT_TYPE: &str = "dev.knative.apiserver.ref.delete";
+
 /// What an ApiServerSource's events carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventMode {
@@ -584,6 +597,21 @@ impl EventMode {
             EventMode::Reference => "Reference",
             EventMode::Resource => "Resource",
         }
+    }
+
+    /// The type of the event sent in this mode when an object is added
+    /// (`"add"`), updated (`"update"`) or deleted (`"delete"`); `None` for
+    /// any other change.
+    pub fn event_type(self, change: &str) -> Option<&'static str> {
+        Some(match (self, change) {
+            (EventMode::Reference, "add") => ADD_REF_EVENT_TYPE,
+            (EventMode::Reference, "update") => UPDATE_REF_EVENT_TYPE,
+            (EventMode::Reference, "delete") => DELETE_REF_EVENT_TYPE,
+            (EventMode::Resource, "add") => ADD_EVENT_TYPE,
+            (EventMode::Resource, "update") => UPDATE_EVENT_TYPE,
+            (EventMode::Resource, "delete") => DELETE_EVENT_TYPE,
+            _ => return None,
+        })
     }
 
     /// Parses the wire form.
@@ -747,6 +775,23 @@ impl Validate for ApiServerSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_server_event_types_follow_the_mode_and_change() {
+        assert_eq!(
+            EventMode::Reference.event_type("add"),
+            Some("dev.knative.apiserver.ref.add")
+        );
+        assert_eq!(
+            EventMode::Resource.event_type("delete"),
+            Some("dev.knative.apiserver.resource.delete")
+        );
+        assert_eq!(
+            EventMode::Resource.event_type("update"),
+            Some(UPDATE_EVENT_TYPE)
+        );
+        assert_eq!(EventMode::Reference.event_type("patch"), None);
+    }
 
     #[test]
     fn overrides_reject_bad_and_reserved_names() {
