@@ -877,6 +877,45 @@ spec:
     p.stop().await;
 }
 
+/// Spec §6: a sink `Destination` with `CACerts` gives the subject
+/// `K_CA_CERTS` and the status `sinkCACerts`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_with_ca_certs_binds_k_ca_certs() {
+    let p = Platform::start().await;
+    let bindings = &p.objects.sink_bindings;
+    bindings
+        .create(&parse(&format!(
+            r#"
+metadata: {{name: tls, namespace: {NS}}}
+spec:
+  subject: {{apiVersion: serving.knative.dev/v1, kind: Service, namespace: {NS}, name: app}}
+  sink: {{uri: "https://sink.example/", CACerts: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"}}
+"#
+        )))
+        .await
+        .expect("binding");
+    let binding: SinkBinding = wait_for("binding ready", || async {
+        let b = bindings.get(Some(NS), "tls").await.ok()?;
+        is_ready(&b.status.as_ref()?.status.conditions).then_some(b)
+    })
+    .await;
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----";
+    assert_eq!(
+        binding
+            .status
+            .as_ref()
+            .and_then(|s| s.sink_ca_certs.as_deref()),
+        Some(pem)
+    );
+    let env = p.target.env(NS, &binding.spec.subject);
+    assert_eq!(
+        env.get("K_SINK").map(String::as_str),
+        Some("https://sink.example/")
+    );
+    assert_eq!(env.get("K_CA_CERTS").map(String::as_str), Some(pem));
+    p.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_binding_binds_and_unbinds_its_subject() {
     let p = Platform::start().await;

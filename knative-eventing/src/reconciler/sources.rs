@@ -57,9 +57,23 @@ pub const SINK_BINDING_FINALIZER: &str = "sinkbindings.sources.knative.dev";
 /// The finalizer of ContainerSources.
 pub const CONTAINER_SOURCE_FINALIZER: &str = "containersources.sources.knative.dev";
 
-/// `K_CA_CERTS`: the sink's CA certificates (part of the adapter contract;
-/// removed with the others, never set here).
-const ENV_CA_CERTS: &str = "K_CA_CERTS";
+/// `K_CA_CERTS`: the sink's CA certificates (PEM), set when the sink
+/// `Destination` has `CACerts` (spec §6), removed with the others.
+pub const ENV_CA_CERTS: &str = "K_CA_CERTS";
+
+/// The sink environment of a source or binding: [`ping::sink_env`], plus
+/// `K_CA_CERTS` when the sink `Destination` names CA certificates.
+fn sink_env_for(
+    sink: &str,
+    destination: &crate::api::Destination,
+    overrides: Option<&crate::api::sources::CeOverrides>,
+) -> Vec<(String, String)> {
+    let mut env = ping::sink_env(sink, overrides);
+    if let Some(ca) = destination.ca_certs.as_ref().filter(|c| !c.is_empty()) {
+        env.push((ENV_CA_CERTS.to_owned(), ca.clone()));
+    }
+    env
+}
 /// The variables a binding owns in its subject's containers.
 const BINDING_ENV: [&str; 3] = [ENV_SINK, ENV_CE_OVERRIDES, ENV_CA_CERTS];
 
@@ -298,6 +312,7 @@ impl PingSourceReconciler {
         match resolve_destination(&*self.resolver, &source.spec.source.sink, &ns).await {
             Err(e) => {
                 status.sink_uri = None;
+                status.sink_ca_certs = None;
                 m.mark_false(
                     PingSource::CONDITION_SINK_PROVIDED,
                     "NotFound",
@@ -331,6 +346,13 @@ impl PingSourceReconciler {
                         );
                     }
                 }
+                status.sink_ca_certs = source
+                    .spec
+                    .source
+                    .sink
+                    .ca_certs
+                    .clone()
+                    .filter(|c| !c.is_empty());
                 status.sink_uri = Some(sink);
             }
         }
@@ -464,6 +486,7 @@ impl SinkBindingReconciler {
         match resolve_destination(&*self.resolver, &binding.spec.source.sink, &ns).await {
             Err(e) => {
                 status.sink_uri = None;
+                status.sink_ca_certs = None;
                 m.mark_false(
                     SinkBinding::CONDITION_SINK_PROVIDED,
                     "NotFound",
@@ -480,7 +503,11 @@ impl SinkBindingReconciler {
                     }
                     self.bound().remove(&key);
                 }
-                let env = ping::sink_env(&sink, binding.spec.source.ce_overrides.as_ref());
+                let env = sink_env_for(
+                    &sink,
+                    &binding.spec.source.sink,
+                    binding.spec.source.ce_overrides.as_ref(),
+                );
                 match self.target.bind(&ns, subject, env).await {
                     Ok(()) => {
                         self.bound().insert(key, subject.clone());
@@ -490,6 +517,13 @@ impl SinkBindingReconciler {
                         requeue = Some(RECHECK);
                     }
                 }
+                status.sink_ca_certs = binding
+                    .spec
+                    .source
+                    .sink
+                    .ca_certs
+                    .clone()
+                    .filter(|c| !c.is_empty());
                 status.sink_uri = Some(sink);
             }
         }
@@ -625,6 +659,7 @@ impl ContainerSourceReconciler {
         match resolve_destination(&*self.resolver, &source.spec.source.sink, &ns).await {
             Err(e) => {
                 status.sink_uri = None;
+                status.sink_ca_certs = None;
                 m.mark_false(
                     ContainerSource::CONDITION_SINK_BINDING_READY,
                     "NotFound",
@@ -635,7 +670,11 @@ impl ContainerSourceReconciler {
             Ok(sink) => {
                 m.mark_true(ContainerSource::CONDITION_SINK_BINDING_READY);
                 let mut template = source.spec.template.clone();
-                let env = ping::sink_env(&sink, source.spec.source.ce_overrides.as_ref());
+                let env = sink_env_for(
+                    &sink,
+                    &source.spec.source.sink,
+                    source.spec.source.ce_overrides.as_ref(),
+                );
                 inject_sink_env(&mut template, &env);
                 match self.runner.ensure(&ns, &name, template).await {
                     Ok(()) => m.mark_true(ContainerSource::CONDITION_RECEIVE_ADAPTER_READY),
@@ -648,6 +687,13 @@ impl ContainerSourceReconciler {
                         requeue = Some(RECHECK);
                     }
                 }
+                status.sink_ca_certs = source
+                    .spec
+                    .source
+                    .sink
+                    .ca_certs
+                    .clone()
+                    .filter(|c| !c.is_empty());
                 status.sink_uri = Some(sink);
             }
         }
