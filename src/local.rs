@@ -578,6 +578,14 @@ where
         self.backend.scale(&key, 1).await.map_err(|e| e.to_string())
     }
 
+    /// Available once a replica is ready.
+    async fn available(&self, namespace: &str, name: &str) -> Result<bool, String> {
+        let key = WorkloadKey::new(namespace, container_source_workload(name));
+        let status = self.backend.status(&key).map_err(|e| e.to_string())?;
+        let ready = !status.borrow().ready.is_empty();
+        Ok(ready)
+    }
+
     async fn remove(&self, namespace: &str, name: &str) -> Result<(), String> {
         self.backend
             .remove(&WorkloadKey::new(

@@ -1051,6 +1051,38 @@ spec:
         ]
     );
 
+    // As upstream: ReceiveAdapterReady follows the workload's
+    // availability, and Ready with it.
+    p.runner.set_available(false);
+    let mut changed = sources.get(Some(NS), "heartbeats").await.expect("source");
+    changed
+        .metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert("touch".to_owned(), "1".to_owned());
+    sources.replace(&changed).await.expect("updated");
+    let conditions = wait_for("adapter unavailable", || async {
+        let s = sources.get(Some(NS), "heartbeats").await.ok()?;
+        let conditions = s.status.as_ref()?.status.conditions.clone();
+        find(&conditions, "ReceiveAdapterReady")
+            .is_some_and(Condition::is_false)
+            .then_some(conditions)
+    })
+    .await;
+    let adapter = condition(&conditions, "ReceiveAdapterReady");
+    assert_eq!(adapter.reason, "DeploymentUnavailable");
+    assert_eq!(
+        adapter.message,
+        "The Deployment 'heartbeats-deployment' is unavailable."
+    );
+    assert!(condition(&conditions, READY).is_false());
+    p.runner.set_available(true);
+    wait_for("adapter available again (rechecked)", || async {
+        let s = sources.get(Some(NS), "heartbeats").await.ok()?;
+        is_ready(&s.status.as_ref()?.status.conditions).then_some(())
+    })
+    .await;
+
     sources
         .delete(Some(NS), "heartbeats")
         .await

@@ -497,6 +497,19 @@ pub fn container_source_deployment_name(source: &str) -> String {
     child_name(source, "-deployment")
 }
 
+/// Whether a Deployment's `Available` condition is `True`.
+pub fn deployment_available(deployment: &Deployment) -> bool {
+    deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions.iter().any(|c| {
+                c.type_.as_deref() == Some("Available") && c.status.as_deref() == Some("True")
+            })
+        })
+}
+
 /// The labels of ContainerSource `source`'s Deployment and its selector.
 pub fn container_source_labels(source: &str) -> BTreeMap<String, String> {
     [
@@ -637,6 +650,18 @@ impl ContainerRunner for KubeContainerRunner {
         }
         .instrument(span)
         .await
+    }
+
+    /// Available when the Deployment's `Available` condition is `True`
+    /// (a missing Deployment is not available).
+    async fn available(&self, namespace: &str, name: &str) -> Result<bool, String> {
+        let deployment_name = container_source_deployment_name(name);
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
+        let deployment = api
+            .get_opt(&deployment_name)
+            .await
+            .map_err(|e| format!("cannot read Deployment {namespace}/{deployment_name}: {e}"))?;
+        Ok(deployment.as_ref().is_some_and(deployment_available))
     }
 
     async fn remove(&self, namespace: &str, name: &str) -> Result<(), String> {

@@ -572,6 +572,15 @@ pub trait ContainerRunner: Send + Sync {
     /// Stops and removes workload `namespace/name` (one that does not
     /// exist is not an error).
     async fn remove(&self, namespace: &str, name: &str) -> Result<(), String>;
+
+    /// Whether workload `namespace/name` is available: a replica runs and
+    /// is ready (a Deployment's `Available` condition). The reconciler
+    /// reports `ReceiveAdapterReady` from it, as upstream does. Runners
+    /// that cannot tell answer `true` (the default).
+    async fn available(&self, namespace: &str, name: &str) -> Result<bool, String> {
+        let _ = (namespace, name);
+        Ok(true)
+    }
 }
 
 /// Sets `env` on every container and init container of `template`, after
@@ -676,8 +685,24 @@ impl ContainerSourceReconciler {
                     source.spec.source.ce_overrides.as_ref(),
                 );
                 inject_sink_env(&mut template, &env);
-                match self.runner.ensure(&ns, &name, template).await {
-                    Ok(()) => m.mark_true(ContainerSource::CONDITION_RECEIVE_ADAPTER_READY),
+                let ensured = match self.runner.ensure(&ns, &name, template).await {
+                    Ok(()) => self.runner.available(&ns, &name).await.map(|up| {
+                        up.then_some(()).ok_or_else(|| {
+                            format!("The Deployment '{name}-deployment' is unavailable.")
+                        })
+                    }),
+                    Err(e) => Err(e),
+                };
+                match ensured {
+                    Ok(Ok(())) => m.mark_true(ContainerSource::CONDITION_RECEIVE_ADAPTER_READY),
+                    Ok(Err(unavailable)) => {
+                        m.mark_false(
+                            ContainerSource::CONDITION_RECEIVE_ADAPTER_READY,
+                            "DeploymentUnavailable",
+                            &unavailable,
+                        );
+                        requeue = Some(RECHECK);
+                    }
                     Err(e) => {
                         m.mark_false(
                             ContainerSource::CONDITION_RECEIVE_ADAPTER_READY,

@@ -155,6 +155,7 @@ pub struct RecordingContainerRunner {
     ensures: Mutex<usize>,
     removed: Mutex<Vec<(String, String)>>,
     failure: Mutex<Option<String>>,
+    unavailable: Mutex<bool>,
 }
 
 impl RecordingContainerRunner {
@@ -180,6 +181,12 @@ impl RecordingContainerRunner {
         lock(&self.removed).clone()
     }
 
+    /// Sets what [`ContainerRunner::available`] answers for running
+    /// workloads (`true` at first).
+    pub fn set_available(&self, available: bool) {
+        *lock(&self.unavailable) = !available;
+    }
+
     /// Makes every later call fail with `error` (`None`: succeed again).
     pub fn fail_with(&self, error: Option<String>) {
         *lock(&self.failure) = error;
@@ -200,6 +207,11 @@ impl ContainerRunner for RecordingContainerRunner {
         }
         lock(&self.running).insert((namespace.to_owned(), name.to_owned()), template);
         Ok(())
+    }
+
+    async fn available(&self, namespace: &str, name: &str) -> Result<bool, String> {
+        let running = lock(&self.running).contains_key(&(namespace.to_owned(), name.to_owned()));
+        Ok(running && !*lock(&self.unavailable))
     }
 
     async fn remove(&self, namespace: &str, name: &str) -> Result<(), String> {

@@ -690,3 +690,23 @@ fn long_source_names_get_a_hashed_deployment_name() {
     assert!(name.len() <= 63, "{name}");
     assert_ne!(name, format!("{long}-deployment"));
 }
+
+/// A ContainerSource's Deployment is available only with its `Available`
+/// condition `True`.
+#[test]
+fn a_deployment_is_available_with_its_available_condition_true() {
+    let with = |status: Option<&str>| -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "d"},
+            "status": {"conditions": status.map(|s| vec![
+                serde_json::json!({"type": "Progressing", "status": "True"}),
+                serde_json::json!({"type": "Available", "status": s}),
+            ]).unwrap_or_default()}
+        }))
+        .expect("deployment")
+    };
+    assert!(deployment_available(&with(Some("True"))));
+    assert!(!deployment_available(&with(Some("False"))));
+    assert!(!deployment_available(&with(None)));
+    assert!(!deployment_available(&Deployment::default()));
+}
