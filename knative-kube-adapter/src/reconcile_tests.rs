@@ -14,23 +14,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Request, Response};
-use knative_build::api::{Task, TaskRun};
+use knative_build::api::{Pipeline, PipelineRun, Task, TaskRun};
 use knative_build::executor::{
     CancelHandle, Execution, ExecutionPhase, ExecutionStatus, MockStepExecutor, RunKey, RunPaths,
     StepOutcome, StepPhase,
 };
-use knative_build::reconciler::TaskRunReconciler;
+use knative_build::reconciler::{PipelineRunReconciler, TaskRunReconciler};
 use knative_core::runtime::{Action, Controller, Reconciler};
-use knative_core::store::{Objects, StoreError};
-use knative_eventing::api::Broker;
+use knative_core::store::{ObjectKey, Objects, StoreError};
+use knative_eventing::api::{Broker, InMemoryChannel, Trigger};
+use knative_eventing::binding::Limits;
 use knative_eventing::broker::{Brokers, DispatchConfig, IngressConfig};
+use knative_eventing::channel::Channels;
 use knative_eventing::log::InMemoryLog;
 use knative_eventing::reconciler::{
-    BROKER_FINALIZER, BrokerAddresses, BrokerReconciler, ReconcileError,
+    BROKER_FINALIZER, BrokerAddresses, BrokerReconciler, IN_MEMORY_CHANNEL_FINALIZER,
+    InMemoryChannelReconciler, ReconcileError, TRIGGER_FINALIZER, TriggerReconciler,
 };
 use knative_serving::api::{Configuration, Revision, Route, Service};
 use knative_serving::config::ServingConfig;
-use knative_serving::reconciler::ServiceReconciler;
+use knative_serving::reconciler::{
+    ConfigurationReconciler, RouteIndex, RouteReconciler, ServiceReconciler,
+};
+use knative_serving::traffic::RoutingTable;
 use kube::client::Body;
 use serde_json::{Value, json};
 
@@ -44,6 +50,7 @@ struct Call {
     method: Method,
     path: String,
     query: Vec<(String, String)>,
+    content_type: Option<String>,
     body: Value,
     send: Pending,
 }
@@ -62,6 +69,11 @@ async fn take(server: &mut ApiServer) -> Call {
     let query = query_pairs(request.uri().query().unwrap_or(""))
         .into_iter()
         .collect();
+    let content_type = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let bytes = request.into_body().collect_bytes().await.expect("the body");
     let body = if bytes.is_empty() {
         Value::Null
@@ -72,6 +84,7 @@ async fn take(server: &mut ApiServer) -> Call {
         method,
         path,
         query,
+        content_type,
         body,
         send,
     }
@@ -862,5 +875,1016 @@ async fn a_task_run_reads_its_task_starts_and_reports_success_through_status_wri
     .await
     .expect("finished");
     assert_eq!(action, Action::await_change());
+    server.expect_no_request().await;
+}
+
+// ---------------------------------------------------------------------------
+// Serving: ConfigurationReconciler
+// ---------------------------------------------------------------------------
+
+fn configuration_json() -> Value {
+    json!({
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Configuration",
+        "metadata": {
+            "name": "hello",
+            "namespace": "default",
+            "uid": "uid-cfg",
+            "generation": 1,
+            "resourceVersion": "20",
+            "labels": {
+                "team": "a",
+                "serving.knative.dev/service": "hello",
+                "serving.knative.dev/serviceUID": "uid-hello",
+            },
+        },
+        "spec": {
+            "template": {
+                "metadata": {
+                    "labels": { "app": "hello" },
+                    "annotations": { "autoscaling.knative.dev/min-scale": "1" },
+                },
+                "spec": { "containers": [ { "image": "knative.dev/sample-app:v2" } ] },
+            },
+        },
+    })
+}
+
+fn configuration() -> Arc<Configuration> {
+    Arc::new(serde_json::from_value(configuration_json()).expect("a Configuration"))
+}
+
+fn configuration_reconciler(client: &kube::Client) -> ConfigurationReconciler {
+    ConfigurationReconciler::new(
+        Arc::new(KubeObjects::<Configuration>::new(client.clone())),
+        Arc::new(KubeObjects::<Revision>::new(client.clone())),
+        Arc::new(ServingConfig::default()),
+    )
+}
+
+/// A controller reference to `kind` `name` (`uid`), as `kmeta.NewControllerRef` makes.
+fn controller_ref(api_version: &str, kind: &str, name: &str, uid: &str) -> Value {
+    json!([{
+        "apiVersion": api_version,
+        "kind": kind,
+        "name": name,
+        "uid": uid,
+        "controller": true,
+        "blockOwnerDeletion": true,
+    }])
+}
+
+#[tokio::test]
+async fn a_new_configuration_creates_its_first_revision_then_writes_its_status() {
+    let (client, mut server) = mock();
+    let reconciler = configuration_reconciler(&client);
+    let script = async {
+        // The revision of generation 1, by its upstream name.
+        let call = expect(
+            &mut server,
+            Method::GET,
+            &format!("{SERVING}/revisions/hello-00001"),
+            &[],
+        )
+        .await;
+        server.answer(
+            call.send,
+            404,
+            &not_found("revisions.serving.knative.dev", "hello-00001"),
+        );
+
+        let call = expect(
+            &mut server,
+            Method::POST,
+            &format!("{SERVING}/revisions"),
+            &[],
+        )
+        .await;
+        let meta = &call.body["metadata"];
+        assert_eq!(call.body["kind"], "Revision");
+        assert_eq!(meta["name"], "hello-00001");
+        assert_eq!(meta["namespace"], "default");
+        assert!(meta.get("resourceVersion").is_none_or(Value::is_null));
+        assert_eq!(
+            meta["labels"],
+            json!({
+                "app": "hello",
+                "serving.knative.dev/configuration": "hello",
+                "serving.knative.dev/configurationGeneration": "1",
+                "serving.knative.dev/configurationUID": "uid-cfg",
+                "serving.knative.dev/service": "hello",
+                "serving.knative.dev/serviceUID": "uid-hello",
+                "serving.knative.dev/routingState": "pending",
+            })
+        );
+        assert_eq!(
+            meta["annotations"]["autoscaling.knative.dev/min-scale"],
+            "1"
+        );
+        assert!(
+            meta["annotations"]["serving.knative.dev/routingStateModified"].is_string(),
+            "{meta}"
+        );
+        assert_eq!(
+            meta["ownerReferences"],
+            controller_ref("serving.knative.dev/v1", "Configuration", "hello", "uid-cfg")
+        );
+        assert_eq!(
+            call.body["spec"]["containers"][0]["image"],
+            "knative.dev/sample-app:v2"
+        );
+        let revision = created(call.body, "uid-rev");
+        server.answer(call.send, 201, &revision);
+
+        // Its revisions, by the configuration label.
+        let call = expect(
+            &mut server,
+            Method::GET,
+            &format!("{SERVING}/revisions"),
+            &[("labelSelector", "serving.knative.dev/configuration=hello")],
+        )
+        .await;
+        server.answer(
+            call.send,
+            200,
+            &json!({
+                "apiVersion": "serving.knative.dev/v1", "kind": "RevisionList",
+                "metadata": { "resourceVersion": "11" },
+                "items": [ revision ],
+            }),
+        );
+
+        let call = expect(
+            &mut server,
+            Method::PUT,
+            &format!("{SERVING}/configurations/hello/status"),
+            &[],
+        )
+        .await;
+        assert_eq!(call.body["metadata"]["resourceVersion"], "20");
+        let status = &call.body["status"];
+        assert_eq!(status["observedGeneration"], 1);
+        assert_eq!(status["latestCreatedRevisionName"], "hello-00001");
+        assert!(
+            status.get("latestReadyRevisionName").is_none_or(Value::is_null),
+            "{status}"
+        );
+        assert_eq!(condition(status, "Ready")["status"], "Unknown");
+        server.answer(call.send, 200, &stored(call.body, "21"));
+    };
+    let action = scenario_within(
+        Duration::from_secs(2),
+        script,
+        reconciler.reconcile(configuration()),
+    )
+    .await
+    .expect("reconciled");
+    assert_eq!(action, Action::await_change());
+    server.expect_no_request().await;
+}
+
+#[tokio::test]
+async fn a_revision_name_taken_by_another_configuration_is_read_back_and_fails_the_configuration() {
+    let (client, mut server) = mock();
+    let reconciler = configuration_reconciler(&client);
+    let script = async {
+        let call = expect(
+            &mut server,
+            Method::GET,
+            &format!("{SERVING}/revisions/hello-00001"),
+            &[],
+        )
+        .await;
+        server.answer(
+            call.send,
+            404,
+            &not_found("revisions.serving.knative.dev", "hello-00001"),
+        );
+        // Someone created it meanwhile: 409 AlreadyExists ...
+        let call = expect(
+            &mut server,
+            Method::POST,
+            &format!("{SERVING}/revisions"),
+            &[],
+        )
+        .await;
+        assert_eq!(call.body["metadata"]["name"], "hello-00001");
+        server.answer(
+            call.send,
+            409,
+            &api_status(
+                409,
+                "AlreadyExists",
+                "revisions.serving.knative.dev \"hello-00001\" already exists",
+                json!({ "name": "hello-00001", "group": "serving.knative.dev", "kind": "revisions" }),
+            ),
+        );
+        // ... so it is read back, and belongs to another Configuration.
+        let call = expect(
+            &mut server,
+            Method::GET,
+            &format!("{SERVING}/revisions/hello-00001"),
+            &[],
+        )
+        .await;
+        server.answer(
+            call.send,
+            200,
+            &json!({
+                "apiVersion": "serving.knative.dev/v1",
+                "kind": "Revision",
+                "metadata": {
+                    "name": "hello-00001", "namespace": "default", "uid": "uid-foreign",
+                    "resourceVersion": "9",
+                    "labels": { "serving.knative.dev/configurationGeneration": "1" },
+                    "ownerReferences": controller_ref("serving.knative.dev/v1", "Configuration", "hello", "uid-other"),
+                },
+                "spec": { "containers": [ { "image": "knative.dev/other:v1" } ] },
+            }),
+        );
+        let call = expect(
+            &mut server,
+            Method::PUT,
+            &format!("{SERVING}/configurations/hello/status"),
+            &[],
+        )
+        .await;
+        let status = &call.body["status"];
+        assert!(
+            status
+                .get("latestCreatedRevisionName")
+                .is_none_or(Value::is_null),
+            "{status}"
+        );
+        let ready = condition(status, "Ready");
+        assert_eq!(ready["status"], "False");
+        assert_eq!(ready["reason"], "RevisionFailed");
+        assert!(
+            ready["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("belongs to another Configuration")),
+            "{ready}"
+        );
+        server.answer(call.send, 200, &stored(call.body, "21"));
+    };
+    let action = scenario_within(
+        Duration::from_secs(2),
+        script,
+        reconciler.reconcile(configuration()),
+    )
+    .await
+    .expect("reconciled");
+    assert!(action.requeue_delay().is_some(), "{action:?}");
+    server.expect_no_request().await;
+}
+
+// ---------------------------------------------------------------------------
+// Serving: RouteReconciler
+// ---------------------------------------------------------------------------
+
+const ROUTE_FINALIZER: &str = "routes.serving.knative.dev";
+
+fn route_json(resource_version: &str, finalizers: Value) -> Value {
+    json!({
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Route",
+        "metadata": {
+            "name": "hello",
+            "namespace": "default",
+            "uid": "uid-route",
+            "generation": 1,
+            "resourceVersion": resource_version,
+            "finalizers": finalizers,
+        },
+        "spec": {
+            "traffic": [ { "configurationName": "hello", "latestRevision": true, "percent": 100 } ],
+        },
+    })
+}
+
+fn route(value: Value) -> Arc<Route> {
+    Arc::new(serde_json::from_value(value).expect("a Route"))
+}
+
+fn route_reconciler(client: &kube::Client) -> (RouteReconciler, RoutingTable) {
+    let routing = RoutingTable::new();
+    let reconciler = RouteReconciler::new(
+        Arc::new(KubeObjects::<Route>::new(client.clone())),
+        Arc::new(KubeObjects::<Configuration>::new(client.clone())),
+        Arc::new(KubeObjects::<Revision>::new(client.clone())),
+        routing.clone(),
+        RouteIndex::default(),
+        Arc::new(ServingConfig::default()),
+    );
+    (reconciler, routing)
+}
+
+/// A ready revision `name` of configuration `configuration`, with these
+/// routing state label and routes annotation.
+fn ready_revision(name: &str, configuration: &str, state: &str, routes: Option<&str>) -> Value {
+    let mut annotations = json!({});
+    if let Some(routes) = routes {
+        annotations["serving.knative.dev/routes"] = json!(routes);
+    }
+    json!({
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Revision",
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "uid": format!("uid-{name}"),
+            "resourceVersion": "15",
+            "labels": {
+                "serving.knative.dev/configuration": configuration,
+                "serving.knative.dev/routingState": state,
+            },
+            "annotations": annotations,
+        },
+        "spec": { "containers": [ { "image": "knative.dev/sample-app:v2" } ] },
+        "status": { "conditions": [ { "type": "Ready", "status": "True" } ] },
+    })
+}
+
+fn list(kind: &str, items: Value) -> Value {
+    json!({
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": format!("{kind}List"),
+        "metadata": { "resourceVersion": "50" },
+        "items": items,
+    })
+}
+
+#[tokio::test]
+async fn a_new_route_gets_its_finalizer_then_activates_its_revision_and_writes_traffic_and_url() {
+    let (client, mut server) = mock();
+    let (reconciler, routing) = route_reconciler(&client);
+
+    // First pass: the finalizer, by an update of the whole Route.
+    let script = async {
+        let call = expect(
+            &mut server,
+            Method::PUT,
+            &format!("{SERVING}/routes/hello"),
+            &[],
+        )
+        .await;
+        assert_eq!(call.body["metadata"]["finalizers"], json!([ROUTE_FINALIZER]));
+        assert_eq!(call.body["metadata"]["resourceVersion"], "30");
+        assert!(call.body.get("status").is_none_or(Value::is_null));
+        server.answer(call.send, 200, &stored(call.body, "31"));
+    };
+    let action = scenario_within(
+        Duration::from_secs(2),
+        script,
+        reconciler.reconcile(route(route_json("30", json!([])))),
+    )
+    .await
+    .expect("the finalizer is added");
+    assert_eq!(action, Action::await_change());
+    server.expect_no_request().await;
+
+    // Second pass: configurations and revisions, the served revision made
+    // active, then the status.
+    let script = async {
+        let call = expect(
+            &mut server,
+            Method::GET,
+            &format!("{SERVING}/configurations"),
+            &[],
+        )
+        .await;
+        let spec = json!({ "template": { "spec": { "containers": [ { "image": "knative.dev/sample-app:v2" } ] } } });
+        let mut hello = existing_child("Configuration", spec, "12");
+        hello["status"] = json!({
+            "latestCreatedRevisionName": "hello-00001",
+            "latestReadyRevisionName": "hello-00001",
+            "conditions": [ { "type": "Ready", "status": "True" } ],
+        });
+        server.answer(call.send, 200, &list("Configuration", json!([hello])));
+
+        let call = expect(&mut server, Method::GET, &format!("{SERVING}/revisions"), &[]).await;
+        server.answer(
+            call.send,
+            200,
+            &list(
+                "Revision",
+                json!([
+                    ready_revision("hello-00001", "hello", "pending", None),
+                    ready_revision("other-00001", "other", "active", Some("other")),
+                ]),
+            ),
+        );
+
+        // Only the served revision, by a merge patch of its metadata.
+        let call = expect(
+            &mut server,
+            Method::PATCH,
+            &format!("{SERVING}/revisions/hello-00001"),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            call.content_type.as_deref(),
+            Some("application/merge-patch+json")
+        );
+        let meta = &call.body["metadata"];
+        assert_eq!(
+            meta["labels"]["serving.knative.dev/routingState"],
+            "active"
+        );
+        assert_eq!(meta["annotations"]["serving.knative.dev/routes"], "hello");
+        assert!(meta["annotations"]["serving.knative.dev/routingStateModified"].is_string());
+        assert!(call.body.get("status").is_none_or(Value::is_null));
+        let mut patched = ready_revision("hello-00001", "hello", "active", Some("hello"));
+        patched["metadata"]["resourceVersion"] = json!("16");
+        server.answer(call.send, 200, &patched);
+
+        let call = expect(
+            &mut server,
+            Method::PUT,
+            &format!("{SERVING}/routes/hello/status"),
+            &[],
+        )
+        .await;
+        assert_eq!(call.body["metadata"]["resourceVersion"], "31");
+        let status = &call.body["status"];
+        assert_eq!(status["observedGeneration"], 1);
+        assert_eq!(status["url"], "http://hello.default.svc.cluster.local");
+        assert_eq!(
+            status["address"]["url"],
+            "http://hello.default.svc.cluster.local"
+        );
+        assert_eq!(
+            status["traffic"],
+            json!([{ "revisionName": "hello-00001", "latestRevision": true, "percent": 100 }])
+        );
+        for type_ in [
+            "Ready",
+            "AllTrafficAssigned",
+            "IngressReady",
+            "CertificateProvisioned",
+        ] {
+            assert_eq!(
+                condition(status, type_)["status"],
+                "True",
+                "{type_}: {status}"
+            );
+        }
+        assert_eq!(
+            condition(status, "CertificateProvisioned")["reason"],
+            "TLSNotEnabled"
+        );
+        server.answer(call.send, 200, &stored(call.body, "32"));
+    };
+    let action = scenario_within(
+        Duration::from_secs(2),
+        script,
+        reconciler.reconcile(route(route_json("31", json!([ROUTE_FINALIZER])))),
+    )
+    .await
+    .expect("reconciled");
+    assert_eq!(action, Action::await_change());
+    server.expect_no_request().await;
+
+    // The data plane got the Route's table.
+    let tables = routing.snapshot();
+    let table = tables
+        .get(&ObjectKey::namespaced("default", "hello"))
+        .expect("the route's table");
+    assert_eq!(table.host, "hello.default.svc.cluster.local");
+    let targets: Vec<(&str, i64)> = table
+        .targets
+        .iter()
+        .map(|w| (w.revision.as_str(), w.percent))
+        .collect();
+    assert_eq!(targets, vec![("hello-00001", 100)]);
+}
+
+#[tokio::test]
+async fn deleting_a_route_puts_its_revisions_in_reserve_then_removes_exactly_its_finalizer() {
+    let (client, mut server) = mock();
+    let (reconciler, routing) = route_reconciler(&client);
+    let mut deleted = route_json("40", json!(["someone.else/keep", ROUTE_FINALIZER]));
+    deleted["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    let script = async {
+        let call = expect(&mut server, Method::GET, &format!("{SERVING}/revisions"), &[]).await;
+        server.answer(
+            call.send,
+            200,
+            &list(
+                "Revision",
+                json!([
+                    ready_revision("hello-00001", "hello", "active", Some("hello")),
+                    ready_revision("other-00001", "other", "active", Some("other")),
+                ]),
+            ),
+        );
+        // The revision only this route served goes to reserve.
+        let call = expect(
+            &mut server,
+            Method::PATCH,
+            &format!("{SERVING}/revisions/hello-00001"),
+            &[],
+        )
+        .await;
+        let meta = &call.body["metadata"];
+        assert_eq!(
+            meta["labels"]["serving.knative.dev/routingState"],
+            "reserve"
+        );
+        assert_eq!(meta["annotations"]["serving.knative.dev/routes"], Value::Null);
+        assert!(
+            meta["annotations"]
+                .as_object()
+                .is_some_and(|a| a.contains_key("serving.knative.dev/routes")),
+            "the routes annotation is removed by a null: {meta}"
+        );
+        assert!(meta["annotations"]["serving.knative.dev/routingStateModified"].is_string());
+        server.answer(
+            call.send,
+            200,
+            &ready_revision("hello-00001", "hello", "reserve", None),
+        );
+
+        let call = expect(
+            &mut server,
+            Method::PUT,
+            &format!("{SERVING}/routes/hello"),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            call.body["metadata"]["finalizers"],
+            json!(["someone.else/keep"])
+        );
+        assert_eq!(call.body["metadata"]["resourceVersion"], "40");
+        assert_eq!(
+            call.body["metadata"]["deletionTimestamp"],
+            "2026-01-01T00:00:00Z"
+        );
+        server.answer(call.send, 200, &stored(call.body, "41"));
+    };
+    let action = scenario_within(
+        Duration::from_secs(2),
+        script,
+        reconciler.reconcile(route(deleted)),
+    )
+    .await
+    .expect("finalized");
+    assert_eq!(action, Action::await_change());
+    server.expect_no_request().await;
+    assert!(routing.snapshot().is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// Eventing: TriggerReconciler
+// ---------------------------------------------------------------------------
+
+const TRIGGERS: &str = "/apis/eventing.knative.dev/v1/namespaces/default/triggers";
+const SINK: &str = "http://sink.default.svc.cluster.local/";
+
+fn trigger_json(resource_version: &str, finalizers: Value) -> Value {
+    json!({
+        "apiVersion": "eventing.knative.dev/v1",
+        "kind": "Trigger",
+        "metadata": {
+            "name": "t",
+            "namespace": "default",
+            "uid": "uid-trigger",
+            "generation": 1,
+            "resourceVersion": resource_version,
+            "finalizers": finalizers,
+        },
+        "spec": {
+            "broker": "default",
+            "filter": { "attributes": { "type": "dev.knative.example" } },
+            "subscriber": { "uri": SINK },
+        },
+    })
+}
+
+fn trigger(value: Value) -> Arc<Trigger> {
+    Arc::new(serde_json::from_value(value).expect("a Trigger"))
+}
+
+fn trigger_reconciler(client: &kube::Client) -> TriggerReconciler {
+    let brokers: Arc<dyn Objects<Broker>> = Arc::new(KubeObjects::<Broker>::new(client.clone()));
+    let data_plane = Brokers::new(
+        Arc::new(InMemoryLog::new()),
+        IngressConfig::default(),
+        DispatchConfig::default(),
+    );
+    let resolver = Arc::new(BrokerAddresses::new(Arc::clone(&brokers), None));
+    TriggerReconciler::new(
+        Arc::new(KubeObjects::<Trigger>::new(client.clone())),
+        brokers,
+        data_plane,
+        resolver,
+    )
+}
+
+#[tokio::test]
+async fn a_trigger_without_its_broker_gets_its_finalizer_then_broker_ready_false_and_its_subscriber_uri()
+ {
+    let (client, mut server) = mock();
+    let reconciler = trigger_reconciler(&client);
+
+    let script = async {
+        let call = expect(&mut server, Method::PUT, &format!("{TRIGGERS}/t"), &[]).await;
+        assert_eq!(
+            call.body["metadata"]["finalizers"],
+            json!([TRIGGER_FINALIZER])
+        );
+        assert_eq!(call.body["metadata"]["resourceVersion"], "1");
+        assert!(call.body.get("status").is_none_or(Value::is_null));
+        server.answer(call.send, 200, &stored(call.body, "2"));
+    };
+    let action = scenario_within(
+        Duration::from_secs(2),
+        script,
+        reconciler.reconcile(trigger(trigger_json("1", json!([])))),
+    )
+    .await
+    .expect("the finalizer is added");
+    assert_eq!(action, Action::await_change());
+    server.expect_no_request().await;
+
+    let script = async {
+        let call = expect(&mut server, Method::GET, &format!("{BROKERS}/default"), &[]).await;
+        server.answer(
+            call.send,
+            404,
+            &not_found("brokers.eventing.knative.dev", "default"),
+        );
+        let call = expect(
+            &mut server,
+            Method::PUT,
+            &format!("{TRIGGERS}/t/status"),
+            &[],
+        )
+        .await;
+        assert_eq!(call.body["metadata"]["resourceVersion"], "2");
+        assert_eq!(
+            call.body["metadata"]["finalizers"],
+            json!([TRIGGER_FINALIZER])
+        );
+        let status = &call.body["status"];
+        assert_eq!(status["observedGeneration"], 1);
+        assert_eq!(status["subscriberUri"], SINK);
+        let broker_ready = condition(status, "BrokerReady");
+        assert_eq!(broker_ready["status"], "False");
+        assert_eq!(broker_ready["reason"], "BrokerDoesNotExist");
+        assert_eq!(broker_ready["message"], "Broker \"default\" does not exist");
+        for type_ in ["SubscriberResolved", "DependencyReady"] {
+            assert_eq!(condition(status, type_)["status"], "True", "{type_}");
+        }
+        assert_eq!(
+            condition(status, "DeadLetterSinkResolved")["reason"],
+            "DeadLetterSinkNotConfigured"
+        );
+        let subscription = condition(status, "SubscriptionReady");
+        assert_eq!(subscription["status"], "Unknown");
+        assert_eq!(subscription["reason"], "NotSubscribed");
+        assert_eq!(condition(status, "Ready")["status"], "False");
+        server.answer(call.send, 200, &stored(call.body, "3"));
+    };
+    let action = scenario_within(
+        Duration::from_secs(2),
+        script,
+        reconciler.reconcile(trigger(trigger_json("2", json!([TRIGGER_FINALIZER])))),
+    )
+    .await
+    .expect("the status is written");
+    // The broker may appear: look again soon.
+    assert_eq!(action, Action::requeue_after(Duration::from_secs(2)));
+    server.expect_no_request().await;
+}
+
+#[tokio::test]
+async fn deleting_a_trigger_removes_exactly_its_finalizer() {
+    let (client, mut server) = mock();
+    let reconciler = trigger_reconciler(&client);
+    let mut deleted = trigger_json("7", json!(["someone.else/keep", TRIGGER_FINALIZER]));
+    deleted["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    let script = async {
+        let call = expect(&mut server, Method::PUT, &format!("{TRIGGERS}/t"), &[]).await;
+        assert_eq!(
+            call.body["metadata"]["finalizers"],
+            json!(["someone.else/keep"])
+        );
+        assert_eq!(call.body["metadata"]["resourceVersion"], "7");
+        assert_eq!(
+            call.body["metadata"]["deletionTimestamp"],
+            "2026-01-01T00:00:00Z"
+        );
+        server.answer(call.send, 200, &stored(call.body, "8"));
+    };
+    let action = scenario_within(
+        Duration::from_secs(2),
+        script,
+        reconciler.reconcile(trigger(deleted)),
+    )
+    .await
+    .expect("the finalizer is removed");
+    assert_eq!(action, Action::await_change());
+    server.expect_no_request().await;
+}
+
+// ---------------------------------------------------------------------------
+// Eventing: InMemoryChannelReconciler
+// ---------------------------------------------------------------------------
+
+const IMCS: &str = "/apis/messaging.knative.dev/v1/namespaces/default/inmemorychannels";
+const CHANNEL_INGRESS: &str = "http://imc-dispatcher.knative-eventing.svc.cluster.local";
+
+fn imc_json(resource_version: &str, finalizers: Value) -> Value {
+    json!({
+        "apiVersion": "messaging.knative.dev/v1",
+        "kind": "InMemoryChannel",
+        "metadata": {
+            "name": "ch",
+            "namespace": "default",
+            "uid": "uid-imc",
+            "generation": 2,
+            "resourceVersion": resource_version,
+            "finalizers": finalizers,
+        },
+        "spec": {
+            "subscribers": [ { "uid": "uid-sub", "generation": 1, "subscriberUri": SINK } ],
+        },
+    })
+}
+
+fn imc(value: Value) -> Arc<InMemoryChannel> {
+    Arc::new(serde_json::from_value(value).expect("an InMemoryChannel"))
+}
+
+fn imc_reconciler(client: &kube::Client) -> InMemoryChannelReconciler {
+    let brokers: Arc<dyn Objects<Broker>> = Arc::new(KubeObjects::<Broker>::new(client.clone()));
+    let data_plane = Channels::new(
+        Arc::new(InMemoryLog::new()),
+        Limits::default(),
+        DispatchConfig::default(),
+    );
+    InMemoryChannelReconciler::new(
+        Arc::new(KubeObjects::<InMemoryChannel>::new(client.clone())),
+        data_plane,
+        Arc::new(BrokerAddresses::new(brokers, None)),
+        CHANNEL_INGRESS,
+    )
+}
+
+/// Checks an InMemoryChannel status write: programmed, addressable at
+/// `{ingress}/{namespace}/{name}`, its subscriber ready.
+fn assert_ready_channel(body: &Value) {
+    let status = &body["status"];
+    assert_eq!(status["observedGeneration"], 2);
+    for type_ in [
+        "Ready",
+        "ServiceReady",
+        "EndpointsReady",
+        "ChannelServiceReady",
+        "Addressable",
+        "DeadLetterSinkResolved",
+        "EventPoliciesReady",
+        "DispatcherReady",
+    ] {
+        assert_eq!(
+            condition(status, type_)["status"],
+            "True",
+            "{type_}: {status}"
+        );
+    }
+    assert_eq!(
+        condition(status, "EventPoliciesReady")["reason"],
+        "OIDCDisabled"
+    );
+    let url = format!("{CHANNEL_INGRESS}/default/ch");
+    assert_eq!(status["address"], json!({ "name": "http", "url": url }));
+    assert_eq!(status["addresses"], json!([{ "name": "http", "url": url }]));
+    assert_eq!(
+        status["subscribers"],
+        json!([{ "uid": "uid-sub", "observedGeneration": 1, "ready": "True" }])
+    );
+}
+
+#[tokio::test]
+async fn a_new_in_memory_channel_gets_its_finalizer_then_a_ready_status_with_its_address() {
+    let (client, mut server) = mock();
+    let reconciler = imc_reconciler(&client);
+    let script = async {
+        let call = expect(&mut server, Method::PUT, &format!("{IMCS}/ch"), &[]).await;
+        assert_eq!(
+            call.body["metadata"]["finalizers"],
+            json!([IN_MEMORY_CHANNEL_FINALIZER])
+        );
+        assert_eq!(call.body["metadata"]["resourceVersion"], "1");
+        server.answer(call.send, 200, &stored(call.body, "2"));
+    };
+    let action = scenario_within(
+        Duration::from_secs(2),
+        script,
+        reconciler.reconcile(imc(imc_json("1", json!([])))),
+    )
+    .await
+    .expect("the finalizer is added");
+    assert_eq!(action, Action::await_change());
+    server.expect_no_request().await;
+
+    let script = async {
+        let call = expect(&mut server, Method::PUT, &format!("{IMCS}/ch/status"), &[]).await;
+        assert_eq!(call.body["metadata"]["resourceVersion"], "2");
+        assert_ready_channel(&call.body);
+        server.answer(call.send, 200, &stored(call.body, "3"));
+    };
+    let action = scenario_within(
+        Duration::from_secs(2),
+        script,
+        reconciler.reconcile(imc(imc_json("2", json!([IN_MEMORY_CHANNEL_FINALIZER])))),
+    )
+    .await
+    .expect("the status is written");
+    assert_eq!(action, Action::await_change());
+    server.expect_no_request().await;
+}
+
+#[tokio::test]
+async fn a_conflict_on_the_in_memory_channel_status_requeues_and_the_retry_writes_the_newer_version()
+ {
+    let (client, mut server) = mock();
+    let reconciler = imc_reconciler(&client);
+    let script = async {
+        let call = expect(&mut server, Method::PUT, &format!("{IMCS}/ch/status"), &[]).await;
+        assert_eq!(call.body["metadata"]["resourceVersion"], "2");
+        server.answer(
+            call.send,
+            409,
+            &conflict("inmemorychannels.messaging.knative.dev", "ch"),
+        );
+    };
+    let action = scenario_within(
+        Duration::from_secs(2),
+        script,
+        reconciler.reconcile(imc(imc_json("2", json!([IN_MEMORY_CHANNEL_FINALIZER])))),
+    )
+    .await
+    .expect("a conflict is not an error");
+    assert_eq!(action, Action::requeue_after(Duration::from_millis(50)));
+    server.expect_no_request().await;
+
+    // The retry reconciles the version someone else wrote meanwhile.
+    let mut newer = imc_json("3", json!([IN_MEMORY_CHANNEL_FINALIZER]));
+    newer["metadata"]["labels"] = json!({ "team": "a" });
+    let script = async {
+        let call = expect(&mut server, Method::PUT, &format!("{IMCS}/ch/status"), &[]).await;
+        assert_eq!(call.body["metadata"]["resourceVersion"], "3");
+        assert_eq!(call.body["metadata"]["labels"], json!({ "team": "a" }));
+        assert_ready_channel(&call.body);
+        server.answer(call.send, 200, &stored(call.body, "4"));
+    };
+    let action = scenario_within(Duration::from_secs(2), script, reconciler.reconcile(imc(newer)))
+        .await
+        .expect("the retry writes the status");
+    assert_eq!(action, Action::await_change());
+    server.expect_no_request().await;
+}
+
+// ---------------------------------------------------------------------------
+// Build: PipelineRunReconciler
+// ---------------------------------------------------------------------------
+
+fn pipeline_json() -> Value {
+    json!({
+        "apiVersion": "tekton.dev/v1",
+        "kind": "Pipeline",
+        "metadata": { "name": "build-and-test", "namespace": "ci", "uid": "uid-pipeline", "resourceVersion": "5" },
+        "spec": {
+            "tasks": [
+                { "name": "build", "taskRef": { "name": "build" } },
+                { "name": "test", "taskRef": { "name": "unit-tests" }, "runAfter": [ "build" ] },
+            ],
+        },
+    })
+}
+
+fn pipeline_run_json() -> Value {
+    json!({
+        "apiVersion": "tekton.dev/v1",
+        "kind": "PipelineRun",
+        "metadata": {
+            "name": "pr",
+            "namespace": "ci",
+            "uid": "uid-pr",
+            "generation": 1,
+            "resourceVersion": "1",
+            "labels": { "team": "a" },
+        },
+        "spec": { "pipelineRef": { "name": "build-and-test" } },
+    })
+}
+
+#[tokio::test]
+async fn a_pipeline_run_creates_a_task_run_per_ready_task_then_writes_its_status() {
+    let (client, mut server) = mock();
+    let reconciler = PipelineRunReconciler::new(
+        Arc::new(KubeObjects::<PipelineRun>::new(client.clone())),
+        Arc::new(KubeObjects::<Pipeline>::new(client.clone())),
+        Arc::new(KubeObjects::<TaskRun>::new(client.clone())),
+    );
+    let script = async {
+        let call = expect(
+            &mut server,
+            Method::GET,
+            &format!("{TEKTON}/pipelines/build-and-test"),
+            &[],
+        )
+        .await;
+        server.answer(call.send, 200, &pipeline_json());
+
+        // Its TaskRuns, by the pipelineRun label: none yet.
+        let call = expect(
+            &mut server,
+            Method::GET,
+            &format!("{TEKTON}/taskruns"),
+            &[("labelSelector", "tekton.dev/pipelineRun=pr")],
+        )
+        .await;
+        server.answer(
+            call.send,
+            200,
+            &json!({
+                "apiVersion": "tekton.dev/v1", "kind": "TaskRunList",
+                "metadata": { "resourceVersion": "2" }, "items": [],
+            }),
+        );
+
+        // Only `build` is ready to run (`test` runs after it).
+        let call = expect(&mut server, Method::POST, &format!("{TEKTON}/taskruns"), &[]).await;
+        let meta = &call.body["metadata"];
+        assert_eq!(call.body["kind"], "TaskRun");
+        assert_eq!(meta["name"], "pr-build");
+        assert_eq!(meta["namespace"], "ci");
+        assert_eq!(
+            meta["labels"],
+            json!({
+                "team": "a",
+                "tekton.dev/pipelineRun": "pr",
+                "tekton.dev/pipelineRunUID": "uid-pr",
+                "tekton.dev/pipeline": "build-and-test",
+                "tekton.dev/pipelineTask": "build",
+                "tekton.dev/memberOf": "tasks",
+                "tekton.dev/task": "build",
+            })
+        );
+        assert_eq!(
+            meta["ownerReferences"],
+            controller_ref("tekton.dev/v1", "PipelineRun", "pr", "uid-pr")
+        );
+        assert_eq!(call.body["spec"]["taskRef"]["name"], "build");
+        let mut task_run = created(call.body, "uid-tr");
+        task_run["metadata"]["resourceVersion"] = json!("3");
+        server.answer(call.send, 201, &task_run);
+
+        let call = expect(
+            &mut server,
+            Method::PUT,
+            &format!("{TEKTON}/pipelineruns/pr/status"),
+            &[],
+        )
+        .await;
+        assert_eq!(call.body["metadata"]["resourceVersion"], "1");
+        let status = &call.body["status"];
+        let succeeded = condition(status, "Succeeded");
+        assert_eq!(succeeded["status"], "Unknown");
+        assert_eq!(succeeded["reason"], "Running");
+        assert!(status["startTime"].is_string(), "{status}");
+        assert!(status.get("completionTime").is_none_or(Value::is_null));
+        assert_eq!(
+            status["childReferences"],
+            json!([{
+                "apiVersion": "tekton.dev/v1",
+                "kind": "TaskRun",
+                "name": "pr-build",
+                "pipelineTaskName": "build",
+            }])
+        );
+        assert_eq!(status["pipelineSpec"]["tasks"][1]["name"], "test");
+        server.answer(call.send, 200, &stored(call.body, "4"));
+    };
+    let pr: PipelineRun = serde_json::from_value(pipeline_run_json()).expect("a PipelineRun");
+    let action = scenario_within(
+        Duration::from_secs(2),
+        script,
+        reconciler.reconcile(Arc::new(pr)),
+    )
+    .await
+    .expect("reconciled");
+    // Woken again at the run's timeout at the latest.
+    assert!(
+        action
+            .requeue_delay()
+            .is_some_and(|d| d > Duration::from_secs(60)),
+        "{action:?}"
+    );
     server.expect_no_request().await;
 }
