@@ -987,7 +987,12 @@ async fn a_new_configuration_creates_its_first_revision_then_writes_its_status()
         );
         assert_eq!(
             meta["ownerReferences"],
-            controller_ref("serving.knative.dev/v1", "Configuration", "hello", "uid-cfg")
+            controller_ref(
+                "serving.knative.dev/v1",
+                "Configuration",
+                "hello",
+                "uid-cfg"
+            )
         );
         assert_eq!(
             call.body["spec"]["containers"][0]["image"],
@@ -1026,7 +1031,9 @@ async fn a_new_configuration_creates_its_first_revision_then_writes_its_status()
         assert_eq!(status["observedGeneration"], 1);
         assert_eq!(status["latestCreatedRevisionName"], "hello-00001");
         assert!(
-            status.get("latestReadyRevisionName").is_none_or(Value::is_null),
+            status
+                .get("latestReadyRevisionName")
+                .is_none_or(Value::is_null),
             "{status}"
         );
         assert_eq!(condition(status, "Ready")["status"], "Unknown");
@@ -1228,7 +1235,10 @@ async fn a_new_route_gets_its_finalizer_then_activates_its_revision_and_writes_t
             &[],
         )
         .await;
-        assert_eq!(call.body["metadata"]["finalizers"], json!([ROUTE_FINALIZER]));
+        assert_eq!(
+            call.body["metadata"]["finalizers"],
+            json!([ROUTE_FINALIZER])
+        );
         assert_eq!(call.body["metadata"]["resourceVersion"], "30");
         assert!(call.body.get("status").is_none_or(Value::is_null));
         server.answer(call.send, 200, &stored(call.body, "31"));
@@ -1262,7 +1272,13 @@ async fn a_new_route_gets_its_finalizer_then_activates_its_revision_and_writes_t
         });
         server.answer(call.send, 200, &list("Configuration", json!([hello])));
 
-        let call = expect(&mut server, Method::GET, &format!("{SERVING}/revisions"), &[]).await;
+        let call = expect(
+            &mut server,
+            Method::GET,
+            &format!("{SERVING}/revisions"),
+            &[],
+        )
+        .await;
         server.answer(
             call.send,
             200,
@@ -1288,10 +1304,7 @@ async fn a_new_route_gets_its_finalizer_then_activates_its_revision_and_writes_t
             Some("application/merge-patch+json")
         );
         let meta = &call.body["metadata"];
-        assert_eq!(
-            meta["labels"]["serving.knative.dev/routingState"],
-            "active"
-        );
+        assert_eq!(meta["labels"]["serving.knative.dev/routingState"], "active");
         assert_eq!(meta["annotations"]["serving.knative.dev/routes"], "hello");
         assert!(meta["annotations"]["serving.knative.dev/routingStateModified"].is_string());
         assert!(call.body.get("status").is_none_or(Value::is_null));
@@ -1367,7 +1380,13 @@ async fn deleting_a_route_puts_its_revisions_in_reserve_then_removes_exactly_its
     let mut deleted = route_json("40", json!(["someone.else/keep", ROUTE_FINALIZER]));
     deleted["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
     let script = async {
-        let call = expect(&mut server, Method::GET, &format!("{SERVING}/revisions"), &[]).await;
+        let call = expect(
+            &mut server,
+            Method::GET,
+            &format!("{SERVING}/revisions"),
+            &[],
+        )
+        .await;
         server.answer(
             call.send,
             200,
@@ -1392,7 +1411,10 @@ async fn deleting_a_route_puts_its_revisions_in_reserve_then_removes_exactly_its
             meta["labels"]["serving.knative.dev/routingState"],
             "reserve"
         );
-        assert_eq!(meta["annotations"]["serving.knative.dev/routes"], Value::Null);
+        assert_eq!(
+            meta["annotations"]["serving.knative.dev/routes"],
+            Value::Null
+        );
         assert!(
             meta["annotations"]
                 .as_object()
@@ -1742,9 +1764,13 @@ async fn a_conflict_on_the_in_memory_channel_status_requeues_and_the_retry_write
         assert_ready_channel(&call.body);
         server.answer(call.send, 200, &stored(call.body, "4"));
     };
-    let action = scenario_within(Duration::from_secs(2), script, reconciler.reconcile(imc(newer)))
-        .await
-        .expect("the retry writes the status");
+    let action = scenario_within(
+        Duration::from_secs(2),
+        script,
+        reconciler.reconcile(imc(newer)),
+    )
+    .await
+    .expect("the retry writes the status");
     assert_eq!(action, Action::await_change());
     server.expect_no_request().await;
 }
@@ -1819,7 +1845,13 @@ async fn a_pipeline_run_creates_a_task_run_per_ready_task_then_writes_its_status
         );
 
         // Only `build` is ready to run (`test` runs after it).
-        let call = expect(&mut server, Method::POST, &format!("{TEKTON}/taskruns"), &[]).await;
+        let call = expect(
+            &mut server,
+            Method::POST,
+            &format!("{TEKTON}/taskruns"),
+            &[],
+        )
+        .await;
         let meta = &call.body["metadata"];
         assert_eq!(call.body["kind"], "TaskRun");
         assert_eq!(meta["name"], "pr-build");
