@@ -48,7 +48,7 @@
 //! # }
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -550,13 +550,26 @@ where
             }
         }
         let metadata = template.metadata.unwrap_or_default();
-        let labels = metadata.labels.unwrap_or_default().into_iter().collect();
+        let workload = container_source_workload(name);
+        // As every WorkloadSpec: the pods carry the workload's
+        // `serving.knative.dev/revision` label (backends select by it).
+        let mut labels: BTreeMap<String, String> =
+            metadata.labels.unwrap_or_default().into_iter().collect();
+        labels.insert(
+            knative_serving::api::keys::REVISION.to_owned(),
+            workload.clone(),
+        );
         let annotations = metadata
             .annotations
             .unwrap_or_default()
             .into_iter()
             .collect();
-        let key = WorkloadKey::new(namespace, container_source_workload(name));
+        let key = WorkloadKey::new(namespace, workload);
+        let grace = pod
+            .termination_grace_period_seconds
+            .map_or(Duration::from_secs(10), |s| {
+                Duration::from_secs(s.max(0).unsigned_abs())
+            });
         let spec = WorkloadSpec {
             key: key.clone(),
             containers,
@@ -565,7 +578,7 @@ where
             container_port: 8080,
             labels,
             annotations,
-            termination_grace_period: Duration::from_secs(10),
+            termination_grace_period: grace,
             container_concurrency: 0,
             response_start_timeout: None,
             idle_timeout: None,
@@ -1512,6 +1525,12 @@ mod tests {
                     && spec.pod.containers.is_empty()
                     && spec.pod.service_account_name.as_deref() == Some("sa")
                     && spec.labels.get("app").map(String::as_str) == Some("hb")
+                    && spec
+                        .labels
+                        .get("serving.knative.dev/revision")
+                        .map(String::as_str)
+                        == Some("heartbeats-deployment")
+                    && spec.termination_grace_period == Duration::from_secs(3)
             })
             .times(1)
             .returning(|_| Ok(()));
@@ -1533,6 +1552,7 @@ mod tests {
                 "metadata": {"labels": {"app": "hb"}},
                 "spec": {
                     "serviceAccountName": "sa",
+                    "terminationGracePeriodSeconds": 3,
                     "containers": [{"image": "heartbeats", "env": [{"name": "K_SINK", "value": "http://sink"}]}]
                 }
             }))

@@ -448,7 +448,18 @@ async fn up(
         _ = interrupt.recv() => "SIGINT",
         _ = terminate.recv() => "SIGTERM",
     };
-    println!("{name}: stopping…");
+    println!("{name}: stopping… (again to stop at once)");
+    // A second signal while replicas get their grace period: stop now.
+    let state_dir = state.to_path_buf();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        eprintln!("stopping at once");
+        let _ = std::fs::remove_file(admin::endpoint_file(&state_dir));
+        std::process::exit(130);
+    });
     let _ = stop.send(true);
     if let Some(watcher) = watcher {
         let _ = watcher.await;

@@ -101,9 +101,13 @@ pub fn also_served(crd_name: &str) -> &'static [&'static str] {
 
 /// Adds the [`also_served`] versions of `crd` after its storage version:
 /// served, not stored, with the same schema, printer columns and
-/// subresources. Upstream's conversion between them is the identity
-/// (`strategy: None`), so objects written at either version read back at
-/// both. A version already present is left as it is.
+/// subresources, and no conversion webhook (`strategy: None`): objects
+/// written at either version read back at both. Upstream converts with a
+/// webhook; PingSource `v1beta2` has `v1`'s shape, so nothing is lost
+/// there, but Tekton `v1beta1` fields that `v1` renamed or dropped
+/// (`steps[].resources`, `spec.resources`, `taskRef.bundle`, …) are pruned,
+/// so those versions are marked deprecated with a warning that says so.
+/// A version already present is left as it is.
 pub fn with_served_versions(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
     let name = crd.metadata.name.clone().unwrap_or_default();
     let Some(storage) = crd.spec.versions.iter().find(|v| v.storage).cloned() else {
@@ -113,10 +117,19 @@ pub fn with_served_versions(mut crd: CustomResourceDefinition) -> CustomResource
         if crd.spec.versions.iter().any(|v| v.name == *version) {
             continue;
         }
+        let tekton = name.ends_with(".tekton.dev");
         crd.spec.versions.push(CustomResourceDefinitionVersion {
             name: (*version).to_owned(),
             served: true,
             storage: false,
+            deprecated: tekton.then_some(true),
+            deprecation_warning: tekton.then(|| {
+                format!(
+                    "tekton.dev/{version} is served with the tekton.dev/v1 schema (no conversion \
+                     webhook): fields v1 renamed or dropped, such as steps[].resources, are pruned; \
+                     write tekton.dev/v1"
+                )
+            }),
             ..storage.clone()
         });
     }

@@ -69,7 +69,7 @@ pub struct WorkloadSpec {
     /// Labels for the replicas (the revision's labels plus
     /// `serving.knative.dev/revision`).
     pub labels: BTreeMap<String, String>,
-    /// Annotations for what the backend creates and for the replicas: the
+    /// Annotations for the workload (a Deployment) and its replicas: the
     /// revision's, less the ones Knative keeps for itself on revisions
     /// (`lastPinned`, `no-gc`, `routingStateModified`, `routes`) and the
     /// `autoscaling.knative.dev/` settings.

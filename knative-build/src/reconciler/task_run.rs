@@ -416,7 +416,7 @@ impl TaskRunReconciler {
                         .finish(
                             task_run,
                             status,
-                            reasons::INVALID_PARAM_VALUE,
+                            reasons::VALIDATION_FAILED,
                             e.to_string(),
                             now,
                         )

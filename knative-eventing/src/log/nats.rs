@@ -66,7 +66,8 @@
 //!   is closed by hand: a consumer created after some events "needs" them
 //!   on nats-server 2.9 until its first acknowledgement, so a commit (and
 //!   a removed consumer) also purges the stream up to the slowest cursor
-//!   when the server kept more. On top, [`NatsLogConfig`] sets limits
+//!   when the server kept more (a commit at most every 500 ms per log,
+//!   or once that much time has passed). On top, [`NatsLogConfig`] sets limits
 //!   with `DiscardPolicy::New`: `max_events` (default
 //!   [`DEFAULT_CAPACITY`], like [`InMemoryLog`]'s capacity) and
 //!   `max_bytes` make a full log refuse appends (the ingress answers 500
@@ -712,12 +713,21 @@ impl NatsLog {
             .buffered(READ_CONCURRENCY)
             .collect::<Vec<_>>()
             .await;
+        // A get that failed on a log read through its followed end: the
+        // stream may be gone (deleted elsewhere), which the stream's state
+        // tells as `NotFound`.
+        if gets.iter().any(Result::is_err) {
+            let info = self.stream_info(log, &names).await?;
+            self.follow(log, &names, &info);
+        }
         let mut records = Vec::with_capacity(gets.len());
         for (sequence, got) in (from + 1..).zip(gets) {
             let Some(message) = got? else {
                 if records.is_empty() {
-                    // Discarded since the stream's state was read?
+                    // Discarded since the stream's state was read? (Or the
+                    // stream was created again: follow the new one.)
                     let info = self.stream_info(log, &names).await?;
+                    self.follow(log, &names, &info);
                     let oldest = oldest_offset(&info);
                     if from < oldest {
                         return Err(LogError::Discarded {
