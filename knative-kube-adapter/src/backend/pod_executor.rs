@@ -52,8 +52,26 @@
 //! in-process, which a pod cannot do without an image of it, so build
 //! images in the pod with a builder image (kaniko, buildah, …) or run the
 //! TaskRun on the local executor. `stdoutConfig`/`stderrConfig` are
-//! ignored; the TaskRun's `serviceAccountName` and `podTemplate` are not
-//! part of an [`ExecutionRequest`] and not applied.
+//! ignored.
+//!
+//! # The TaskRun's service account and pod template
+//!
+//! An [`ExecutionRequest`] carries the resolved Task, not the TaskRun, so
+//! the executor takes `spec.serviceAccountName` and `spec.podTemplate` from
+//! the TaskRun it reads for the pod's owner reference, and
+//! [`apply_task_run`] puts them on the pod: the service account, and the
+//! template's ([`PodTemplate`]) `nodeSelector`, `tolerations`, `affinity`,
+//! `securityContext`, `runtimeClassName`, `automountServiceAccountToken`,
+//! `dnsPolicy`, `dnsConfig`, `enableServiceLinks` (`false` when unset),
+//! `priorityClassName`, `schedulerName`, `imagePullSecrets`,
+//! `hostAliases`, `hostNetwork` and `topologySpreadConstraints`; its
+//! `volumes` are added after the executor's own, and its `env` goes onto
+//! every step container ahead of the step's own variables, a step's
+//! variable winning over the template's of the same name (the `prepare`
+//! and `results` containers do not get it). A `podTemplate`
+//! that is not a valid template fails the attempt before the pod is
+//! created. When the TaskRun cannot be read, the pod is created without
+//! owner, service account or template (a warning is logged).
 //!
 //! # Results and the 4 KiB termination message
 //!
@@ -99,11 +117,15 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerStatus, EmptyDirVolumeSource, EnvVar, Pod, PodSpec, Volume, VolumeMount,
+    Affinity, Container, ContainerStatus, EmptyDirVolumeSource, EnvVar, HostAlias,
+    LocalObjectReference, Pod, PodDNSConfig, PodSecurityContext, PodSpec, Toleration,
+    TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use knative_build::api::task_run_reasons as reasons;
-use knative_build::api::{OnError, Step, TaskRun, TaskSpec, WorkspaceBinding, all_hold, builtin};
+use knative_build::api::{
+    OnError, Step, TaskRun, TaskRunSpec, TaskSpec, WorkspaceBinding, all_hold, builtin,
+};
 use knative_build::executor::{
     CancelHandle, CancelSignal, Execution, ExecutionFailure, ExecutionPhase, ExecutionRequest,
     ExecutionStatus, ExecutorError, RunKey, RunPaths, StepExecutor, StepOutcome, StepPhase,
@@ -560,6 +582,133 @@ pub fn desired_pod(
     })
 }
 
+/// A TaskRun's `spec.podTemplate` (Tekton's `pod.Template`): pod settings
+/// the executor copies onto the attempt's pod (see [`apply_task_run`]).
+/// Unknown fields are ignored.
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodTemplate {
+    /// Labels a node must have to run the pod.
+    #[serde(default)]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Environment variables for every step container (a step's own
+    /// variable of the same name wins).
+    #[serde(default)]
+    pub env: Option<Vec<EnvVar>>,
+    /// Taints the pod tolerates.
+    #[serde(default)]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Node and pod (anti-)affinity.
+    #[serde(default)]
+    pub affinity: Option<Affinity>,
+    /// The pod's security context.
+    #[serde(default)]
+    pub security_context: Option<PodSecurityContext>,
+    /// Volumes added after the executor's own.
+    #[serde(default)]
+    pub volumes: Option<Vec<Volume>>,
+    /// The RuntimeClass the pod runs with.
+    #[serde(default)]
+    pub runtime_class_name: Option<String>,
+    /// Whether the service account's token is mounted.
+    #[serde(default)]
+    pub automount_service_account_token: Option<bool>,
+    /// The pod's DNS policy.
+    #[serde(default)]
+    pub dns_policy: Option<String>,
+    /// The pod's DNS settings.
+    #[serde(default)]
+    pub dns_config: Option<PodDNSConfig>,
+    /// Whether services are exposed as environment variables (`false`
+    /// when unset).
+    #[serde(default)]
+    pub enable_service_links: Option<bool>,
+    /// The pod's PriorityClass.
+    #[serde(default)]
+    pub priority_class_name: Option<String>,
+    /// The scheduler that places the pod.
+    #[serde(default)]
+    pub scheduler_name: Option<String>,
+    /// Secrets to pull the pod's images with.
+    #[serde(default)]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+    /// Extra `/etc/hosts` entries.
+    #[serde(default)]
+    pub host_aliases: Option<Vec<HostAlias>>,
+    /// Whether the pod uses the node's network.
+    #[serde(default)]
+    pub host_network: Option<bool>,
+    /// How the pod spreads across topology domains.
+    #[serde(default)]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+}
+
+/// `template` env first, without the names `own` sets, then `own`.
+fn merged_env(template: &[EnvVar], own: Option<Vec<EnvVar>>) -> Vec<EnvVar> {
+    let own = own.unwrap_or_default();
+    let mut env: Vec<EnvVar> = template
+        .iter()
+        .filter(|t| !own.iter().any(|o| o.name == t.name))
+        .cloned()
+        .collect();
+    env.extend(own);
+    env
+}
+
+/// Puts the TaskRun's `serviceAccountName` and `podTemplate` on `pod` (see
+/// the [module docs](self)). Fails, leaving `pod` as it was, when the
+/// template is not a valid [`PodTemplate`].
+pub fn apply_task_run(pod: &mut Pod, run: &TaskRunSpec) -> Result<(), String> {
+    let template: PodTemplate = match &run.pod_template {
+        None | Some(serde_json::Value::Null) => PodTemplate::default(),
+        Some(value) => serde_json::from_value(value.clone())
+            .map_err(|e| format!("invalid podTemplate: {e}"))?,
+    };
+    let spec = pod.spec.get_or_insert_with(PodSpec::default);
+    if let Some(account) = run
+        .service_account_name
+        .as_deref()
+        .filter(|a| !a.is_empty())
+    {
+        spec.service_account_name = Some(account.to_owned());
+    }
+    if let Some(env) = template.env.filter(|e| !e.is_empty()) {
+        for container in spec.init_containers.iter_mut().flatten() {
+            if container.name != PREPARE_CONTAINER {
+                container.env = Some(merged_env(&env, container.env.take()));
+            }
+        }
+    }
+    if let Some(extra) = template.volumes {
+        spec.volumes.get_or_insert_with(Vec::new).extend(extra);
+    }
+    macro_rules! copy {
+        ($($field:ident),* $(,)?) => {
+            $(if let Some(value) = template.$field {
+                spec.$field = Some(value);
+            })*
+        };
+    }
+    copy!(
+        node_selector,
+        tolerations,
+        affinity,
+        security_context,
+        runtime_class_name,
+        automount_service_account_token,
+        dns_policy,
+        dns_config,
+        enable_service_links,
+        priority_class_name,
+        scheduler_name,
+        image_pull_secrets,
+        host_aliases,
+        host_network,
+        topology_spread_constraints,
+    );
+    Ok(())
+}
+
 /// What the termination message of the `results` container says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ResultsMessage {
@@ -835,6 +984,18 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The controller reference to TaskRun `name`; `None` without a uid.
+fn owner_reference(name: &str, run: &TaskRun) -> Option<OwnerReference> {
+    Some(OwnerReference {
+        api_version: TaskRun::api_version(&()).into_owned(),
+        kind: TaskRun::kind(&()).into_owned(),
+        name: name.to_owned(),
+        uid: run.metadata.uid.clone()?,
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    })
+}
+
 /// Runs TaskRun attempts as pods. See the [module docs](self).
 ///
 /// Cheap to clone: clones share their runs.
@@ -885,23 +1046,16 @@ impl PodStepExecutor {
         Api::namespaced(self.inner.client.clone(), namespace)
     }
 
-    /// The TaskRun's controller reference, when it can be read.
-    async fn owner(&self, key: &RunKey) -> Option<OwnerReference> {
+    /// The TaskRun of attempt `key`, when it can be read.
+    async fn task_run(&self, key: &RunKey) -> Option<TaskRun> {
         let api: Api<TaskRun> = Api::namespaced(self.inner.client.clone(), &key.namespace);
         match api.get(&key.task_run).await {
-            Ok(run) => {
-                let uid = run.metadata.uid.clone()?;
-                Some(OwnerReference {
-                    api_version: TaskRun::api_version(&()).into_owned(),
-                    kind: TaskRun::kind(&()).into_owned(),
-                    name: key.task_run.clone(),
-                    uid,
-                    controller: Some(true),
-                    block_owner_deletion: Some(true),
-                })
-            }
+            Ok(run) => Some(run),
             Err(error) => {
-                tracing::warn!(%error, "cannot read the TaskRun; its pod gets no owner");
+                tracing::warn!(
+                    %error,
+                    "cannot read the TaskRun; its pod gets no owner, service account or pod template"
+                );
                 None
             }
         }
@@ -1062,11 +1216,25 @@ impl PodStepExecutor {
         let started = Instant::now();
         let task_deadline = timeout.map(|t| started + t);
         let mut plan = plan;
-        if plan.pod.metadata.owner_references.is_none() {
-            plan.pod.metadata.owner_references = self.owner(&plan.key).await.map(|o| vec![o]);
+        let mut prepared = Ok(());
+        if plan.pod.metadata.owner_references.is_none()
+            && let Some(run) = self.task_run(&plan.key).await
+        {
+            plan.pod.metadata.owner_references =
+                owner_reference(&plan.key.task_run, &run).map(|o| vec![o]);
+            prepared = apply_task_run(&mut plan.pod, &run.spec).map_err(|message| {
+                Err(failed(format!(
+                    "cannot build pod {:?}: {message}",
+                    plan.key.pod_name()
+                )))
+            });
         }
+        let created = match prepared {
+            Ok(()) => self.create_pod(&plan, &mut cancel, task_deadline).await,
+            Err(failure) => Err(failure),
+        };
         let mut last: Option<Pod> = None;
-        let stop = match self.create_pod(&plan, &mut cancel, task_deadline).await {
+        let stop = match created {
             Ok(()) => {
                 self.follow(&plan, &sender, &mut cancel, task_deadline, &mut last)
                     .await

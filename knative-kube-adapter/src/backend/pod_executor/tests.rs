@@ -391,6 +391,17 @@ async fn start(
     server: &mut ApiServer,
     executor: &PodStepExecutor,
 ) -> Result<Execution, ExecutorError> {
+    start_run(server, executor, json!({"taskRef": {"name": "build"}}))
+        .await
+        .map(|(execution, _)| execution)
+}
+
+/// [`start`] with a TaskRun of spec `spec`; also returns the created pod.
+async fn start_run(
+    server: &mut ApiServer,
+    executor: &PodStepExecutor,
+    spec: Value,
+) -> Result<(Execution, Value), ExecutorError> {
     let execution = executor.start(two_steps()).await?;
     server
         .expect(
@@ -401,7 +412,7 @@ async fn start(
             json!({
                 "apiVersion": "tekton.dev/v1", "kind": "TaskRun",
                 "metadata": {"name": "build", "namespace": "default", "uid": "tr-uid"},
-                "spec": {"taskRef": {"name": "build"}},
+                "spec": spec,
             }),
         )
         .await;
@@ -433,7 +444,7 @@ async fn start(
     assert_eq!(init, ["prepare", "step-a", "step-b"]);
     assert_eq!(created["spec"]["containers"][0]["name"], "results");
     assert_eq!(created["spec"]["restartPolicy"], "Never");
-    Ok(execution)
+    Ok((execution, created))
 }
 
 /// Answers the watcher's initial list with `pod`.
@@ -633,5 +644,281 @@ async fn live_logs_come_from_the_pod() -> Result<(), ExecutorError> {
         )
         .await;
     assert_eq!(call.await.expect("logs run")?, b"ok\n");
+    Ok(())
+}
+
+/// A podTemplate setting every field the executor copies.
+fn full_pod_template() -> Value {
+    json!({
+        "nodeSelector": {"disktype": "ssd"},
+        "env": [
+            {"name": "PROXY", "value": "http://proxy:3128"},
+            {"name": "SHARED", "value": "from-template"},
+        ],
+        "tolerations": [{"key": "build", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "arch", "operator": "In", "values": ["amd64"]},
+            ]}],
+        }}},
+        "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "fsGroup": 2000},
+        "volumes": [{"name": "cache", "emptyDir": {}}],
+        "runtimeClassName": "gvisor",
+        "automountServiceAccountToken": false,
+        "dnsPolicy": "None",
+        "dnsConfig": {"nameservers": ["10.0.0.10"]},
+        "enableServiceLinks": true,
+        "priorityClassName": "builds",
+        "schedulerName": "batch",
+        "imagePullSecrets": [{"name": "registry"}],
+        "hostAliases": [{"ip": "10.0.0.1", "hostnames": ["git.local"]}],
+        "hostNetwork": true,
+        "topologySpreadConstraints": [{
+            "maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway",
+        }],
+        "unknownField": "ignored",
+    })
+}
+
+fn env_of(container: &Value) -> Vec<(String, String)> {
+    container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap_or_default().to_owned(),
+                e["value"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Checks a created pod (JSON) carries [`full_pod_template`] and service
+/// account `builder`.
+fn assert_carries_the_template(pod: &Value) {
+    let spec = &pod["spec"];
+    let template = full_pod_template();
+    assert_eq!(spec["serviceAccountName"], "builder");
+    for field in [
+        "nodeSelector",
+        "tolerations",
+        "affinity",
+        "securityContext",
+        "runtimeClassName",
+        "automountServiceAccountToken",
+        "dnsPolicy",
+        "dnsConfig",
+        "enableServiceLinks",
+        "priorityClassName",
+        "schedulerName",
+        "imagePullSecrets",
+        "hostAliases",
+        "hostNetwork",
+        "topologySpreadConstraints",
+    ] {
+        assert_eq!(spec[field], template[field], "{field}");
+    }
+    // The executor's volumes stay; the template's come after them.
+    let volumes: Vec<&str> = spec["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(volumes.last(), Some(&"cache"), "{volumes:?}");
+    for own in [
+        "tekton-internal-workspace",
+        "tekton-internal-results",
+        "ws-0",
+    ] {
+        assert!(volumes.contains(&own), "{own} kept: {volumes:?}");
+    }
+    // Template env on every step, before the step's own; the step's wins.
+    let init = spec["initContainers"].as_array().expect("init containers");
+    let pair = |n: &str, v: &str| (n.to_owned(), v.to_owned());
+    assert_eq!(
+        env_of(&init[1]),
+        [
+            pair("PROXY", "http://proxy:3128"),
+            pair("SHARED", "from-step")
+        ],
+        "step-a"
+    );
+    assert_eq!(
+        env_of(&init[2]),
+        [
+            pair("PROXY", "http://proxy:3128"),
+            pair("SHARED", "from-template")
+        ],
+        "step-b"
+    );
+    // The helper containers do not get it.
+    assert!(
+        !env_of(&init[0]).iter().any(|(n, _)| n == "PROXY"),
+        "prepare"
+    );
+    assert!(env_of(&spec["containers"][0]).is_empty(), "results");
+}
+
+/// [`two_steps`] with step `a` setting `SHARED=from-step`.
+fn two_steps_with_env() -> ExecutionRequest {
+    let mut request = two_steps();
+    request.task_spec.steps[0].env = vec![EnvVar {
+        name: "SHARED".into(),
+        value: Some("from-step".into()),
+        ..EnvVar::default()
+    }];
+    request
+}
+
+#[test]
+fn the_task_runs_service_account_and_pod_template_reach_the_pod()
+-> Result<(), Box<dyn std::error::Error>> {
+    let mut plan = desired_pod(&two_steps_with_env(), None, &PodExecutorConfig::default())?;
+    let run: TaskRunSpec = serde_json::from_value(json!({
+        "serviceAccountName": "builder",
+        "podTemplate": full_pod_template(),
+    }))?;
+    apply_task_run(&mut plan.pod, &run)?;
+    assert_carries_the_template(&serde_json::to_value(&plan.pod)?);
+    Ok(())
+}
+
+#[test]
+fn without_a_pod_template_the_pod_keeps_its_defaults() -> Result<(), Box<dyn std::error::Error>> {
+    let before = desired_pod(&two_steps(), None, &PodExecutorConfig::default())?.pod;
+    for spec in [
+        json!({}),
+        json!({"podTemplate": null}),
+        json!({"podTemplate": {}}),
+    ] {
+        let mut pod = before.clone();
+        apply_task_run(&mut pod, &serde_json::from_value(spec.clone())?)?;
+        assert_eq!(pod, before, "{spec}");
+    }
+    let mut pod = before.clone();
+    apply_task_run(
+        &mut pod,
+        &serde_json::from_value(json!({"serviceAccountName": "builder"}))?,
+    )?;
+    let spec = pod.spec.expect("a pod spec");
+    assert_eq!(spec.service_account_name.as_deref(), Some("builder"));
+    assert_eq!(spec.enable_service_links, Some(false));
+    Ok(())
+}
+
+#[test]
+fn an_invalid_pod_template_is_an_error_and_changes_nothing()
+-> Result<(), Box<dyn std::error::Error>> {
+    let before = desired_pod(&two_steps(), None, &PodExecutorConfig::default())?.pod;
+    for template in [
+        json!({"nodeSelector": ["not", "a", "map"]}),
+        json!({"tolerations": "all"}),
+        json!("a string"),
+    ] {
+        let mut pod = before.clone();
+        let run: TaskRunSpec = serde_json::from_value(json!({
+            "serviceAccountName": "builder",
+            "podTemplate": template,
+        }))?;
+        let error = apply_task_run(&mut pod, &run).expect_err("an invalid template");
+        assert!(error.contains("podTemplate"), "{error}");
+        assert_eq!(pod, before, "{template}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_created_pod_carries_the_task_runs_service_account_and_pod_template()
+-> Result<(), ExecutorError> {
+    let (client, mut server) = ApiServer::new();
+    let executor = PodStepExecutor::new(client, PodExecutorConfig::default());
+    let execution = executor.start(two_steps_with_env()).await?;
+    server
+        .expect(
+            Method::GET,
+            TASK_RUN,
+            &[],
+            200,
+            json!({
+                "apiVersion": "tekton.dev/v1", "kind": "TaskRun",
+                "metadata": {"name": "build", "namespace": "default", "uid": "tr-uid"},
+                "spec": {
+                    "taskRef": {"name": "build"},
+                    "serviceAccountName": "builder",
+                    "podTemplate": full_pod_template(),
+                },
+            }),
+        )
+        .await;
+    let created = server
+        .expect(
+            Method::POST,
+            PODS,
+            &[],
+            201,
+            pod_json("Pending", json!([]), json!([])),
+        )
+        .await
+        .body;
+    assert_eq!(created["metadata"]["ownerReferences"][0]["uid"], "tr-uid");
+    assert_carries_the_template(&created);
+    execution.cancel.cancel();
+    Ok(())
+}
+
+#[tokio::test]
+async fn only_a_service_account_reaches_the_pod_through_start() -> Result<(), ExecutorError> {
+    let (client, mut server) = ApiServer::new();
+    let executor = PodStepExecutor::new(client, PodExecutorConfig::default());
+    let (execution, created) = start_run(
+        &mut server,
+        &executor,
+        json!({"taskRef": {"name": "build"}, "serviceAccountName": "builder"}),
+    )
+    .await?;
+    assert_eq!(created["spec"]["serviceAccountName"], "builder");
+    assert_eq!(created["spec"]["enableServiceLinks"], false);
+    assert!(created["spec"].get("nodeSelector").is_none());
+    execution.cancel.cancel();
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_invalid_pod_template_fails_the_attempt_without_a_pod() -> Result<(), ExecutorError> {
+    let (client, mut server) = ApiServer::new();
+    let executor = PodStepExecutor::new(client, PodExecutorConfig::default());
+    let execution = executor.start(two_steps()).await?;
+    server
+        .expect(
+            Method::GET,
+            TASK_RUN,
+            &[],
+            200,
+            json!({
+                "apiVersion": "tekton.dev/v1", "kind": "TaskRun",
+                "metadata": {"name": "build", "namespace": "default", "uid": "tr-uid"},
+                "spec": {"taskRef": {"name": "build"}, "podTemplate": {"tolerations": "all"}},
+            }),
+        )
+        .await;
+    let status = wait_done(&execution).await;
+    server.expect_no_request().await;
+    assert_eq!(status.phase, ExecutionPhase::Failed, "{status:?}");
+    let failure = status.failure.as_ref().expect("a failure");
+    assert_eq!(failure.reason, reasons::FAILED);
+    assert!(
+        failure.message.contains("podTemplate"),
+        "{}",
+        failure.message
+    );
+    assert!(
+        status
+            .steps
+            .iter()
+            .all(|s| s.termination_reason.as_deref() == Some(term::SKIPPED)),
+        "{status:?}"
+    );
     Ok(())
 }
