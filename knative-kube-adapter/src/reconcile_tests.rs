@@ -22,14 +22,18 @@ use knative_build::executor::{
 use knative_build::reconciler::{PipelineRunReconciler, TaskRunReconciler};
 use knative_core::runtime::{Action, Controller, Reconciler};
 use knative_core::store::{ObjectKey, Objects, StoreError};
-use knative_eventing::api::{Broker, InMemoryChannel, Trigger};
+use knative_eventing::api::{
+    Broker, Channel, InMemoryChannel, Parallel, PingSource, Sequence, Subscription, Trigger,
+};
 use knative_eventing::binding::Limits;
 use knative_eventing::broker::{Brokers, DispatchConfig, IngressConfig};
 use knative_eventing::channel::Channels;
 use knative_eventing::log::InMemoryLog;
 use knative_eventing::reconciler::{
     BROKER_FINALIZER, BrokerAddresses, BrokerReconciler, IN_MEMORY_CHANNEL_FINALIZER,
-    InMemoryChannelReconciler, ReconcileError, TRIGGER_FINALIZER, TriggerReconciler,
+    InMemoryChannelReconciler, PING_SOURCE_FINALIZER, ParallelReconciler, PingScheduler,
+    PingSourceReconciler, ReconcileError, SUBSCRIPTION_FINALIZER, SequenceReconciler,
+    SubscriptionReconciler, TRIGGER_FINALIZER, TriggerReconciler,
 };
 use knative_serving::api::{Configuration, Revision, Route, Service};
 use knative_serving::config::ServingConfig;
@@ -1772,6 +1776,692 @@ async fn a_conflict_on_the_in_memory_channel_status_requeues_and_the_retry_write
     .await
     .expect("the retry writes the status");
     assert_eq!(action, Action::await_change());
+    server.expect_no_request().await;
+}
+
+// ---------------------------------------------------------------------------
+// Eventing: SubscriptionReconciler
+// ---------------------------------------------------------------------------
+
+const SUBSCRIPTIONS: &str = "/apis/messaging.knative.dev/v1/namespaces/default/subscriptions";
+
+fn subscription_json(resource_version: &str, finalizers: Value) -> Value {
+    json!({
+        "apiVersion": "messaging.knative.dev/v1",
+        "kind": "Subscription",
+        "metadata": {
+            "name": "sub",
+            "namespace": "default",
+            "uid": "uid-sub",
+            "generation": 1,
+            "resourceVersion": resource_version,
+            "finalizers": finalizers,
+        },
+        "spec": {
+            "channel": { "apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel", "name": "ch" },
+            "subscriber": { "uri": SINK },
+        },
+    })
+}
+
+fn subscription(value: Value) -> Arc<Subscription> {
+    Arc::new(serde_json::from_value(value).expect("a Subscription"))
+}
+
+fn subscription_reconciler(client: &kube::Client) -> SubscriptionReconciler {
+    let brokers: Arc<dyn Objects<Broker>> = Arc::new(KubeObjects::<Broker>::new(client.clone()));
+    SubscriptionReconciler::new(
+        Arc::new(KubeObjects::<Subscription>::new(client.clone())),
+        Arc::new(KubeObjects::<Channel>::new(client.clone())),
+        Arc::new(KubeObjects::<InMemoryChannel>::new(client.clone())),
+        Arc::new(BrokerAddresses::new(brokers, None)),
+    )
+}
+
+/// The channel `ch` as the API server has it, with `subscribers` in its
+/// spec and nothing in its status.
+fn subscribed_imc(resource_version: &str, subscribers: Value) -> Value {
+    let mut channel = imc_json(resource_version, json!([IN_MEMORY_CHANNEL_FINALIZER]));
+    channel["spec"]["subscribers"] = subscribers;
+    channel
+}
+
+#[tokio::test]
+async fn a_new_subscription_gets_its_finalizer_then_adds_itself_to_its_channel_and_writes_its_status()
+ {
+    let (client, mut server) = mock();
+    let reconciler = subscription_reconciler(&client);
+    let script = async {
+        let call = expect(
+            &mut server,
+            Method::PUT,
+            &format!("{SUBSCRIPTIONS}/sub"),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            call.body["metadata"]["finalizers"],
+            json!([SUBSCRIPTION_FINALIZER])
+        );
+        assert_eq!(call.body["metadata"]["resourceVersion"], "1");
+        assert!(call.body.get("status").is_none_or(Value::is_null));
+        server.answer(call.send, 200, &stored(call.body, "2"));
+    };
+    let action = scenario_within(
+        Duration::from_secs(2),
+        script,
+        reconciler.reconcile(subscription(subscription_json("1", json!([])))),
+    )
+    .await
+    .expect("the finalizer is added");
+    assert_eq!(action, Action::await_change());
+    server.expect_no_request().await;
+
+    let script = async {
+        let call = expect(&mut server, Method::GET, &format!("{IMCS}/ch"), &[]).await;
+        let other = json!({ "name": "other", "uid": "uid-other", "generation": 3, "subscriberUri": "http://other/" });
+        server.answer(call.send, 200, &subscribed_imc("5", json!([other])));
+
+        // The subscription is appended to the channel's spec.subscribers,
+        // by an update of the whole channel at the version read.
+        let call = expect(&mut server, Method::PUT, &format!("{IMCS}/ch"), &[]).await;
+        assert_eq!(call.body["metadata"]["resourceVersion"], "5");
+        assert_eq!(
+            call.body["spec"]["subscribers"],
+            json!([
+                other,
+                { "name": "sub", "uid": "uid-sub", "generation": 1, "subscriberUri": SINK },
+            ])
+        );
+        // The channel then reports the subscriber ready.
+        let mut channel = stored(call.body, "6");
+        channel["status"] = json!({
+            "subscribers": [ { "uid": "uid-sub", "observedGeneration": 1, "ready": "True" } ],
+        });
+        server.answer(call.send, 200, &channel);
+
+        let call = expect(
+            &mut server,
+            Method::PUT,
+            &format!("{SUBSCRIPTIONS}/sub/status"),
+            &[],
+        )
+        .await;
+        assert_eq!(call.body["metadata"]["resourceVersion"], "2");
+        let status = &call.body["status"];
+        assert_eq!(status["observedGeneration"], 1);
+        assert_eq!(
+            status["physicalSubscription"],
+            json!({ "subscriberUri": SINK })
+        );
+        for type_ in [
+            "Ready",
+            "ReferencesResolved",
+            "AddedToChannel",
+            "ChannelReady",
+            "OIDCIdentityCreated",
+        ] {
+            assert_eq!(
+                condition(status, type_)["status"],
+                "True",
+                "{type_}: {status}"
+            );
+        }
+        server.answer(call.send, 200, &stored(call.body, "3"));
+    };
+    let action = scenario_within(
+        Duration::from_secs(2),
+        script,
+        reconciler.reconcile(subscription(subscription_json(
+            "2",
+            json!([SUBSCRIPTION_FINALIZER]),
+        ))),
+    )
+    .await
+    .expect("the status is written");
+    assert_eq!(action, Action::await_change());
+    server.expect_no_request().await;
+}
+
+#[tokio::test]
+async fn deleting_a_subscription_takes_it_out_of_its_channel_then_removes_exactly_its_finalizer() {
+    let (client, mut server) = mock();
+    let reconciler = subscription_reconciler(&client);
+    let mut deleted = subscription_json("7", json!(["someone.else/keep", SUBSCRIPTION_FINALIZER]));
+    deleted["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    let script = async {
+        let call = expect(&mut server, Method::GET, &format!("{IMCS}/ch"), &[]).await;
+        let other =
+            json!({ "name": "other", "uid": "uid-other", "subscriberUri": "http://other/" });
+        let mine =
+            json!({ "name": "sub", "uid": "uid-sub", "generation": 1, "subscriberUri": SINK });
+        server.answer(call.send, 200, &subscribed_imc("5", json!([mine, other])));
+
+        let call = expect(&mut server, Method::PUT, &format!("{IMCS}/ch"), &[]).await;
+        assert_eq!(call.body["metadata"]["resourceVersion"], "5");
+        assert_eq!(call.body["spec"]["subscribers"], json!([other]));
+        server.answer(call.send, 200, &stored(call.body, "6"));
+
+        let call = expect(
+            &mut server,
+            Method::PUT,
+            &format!("{SUBSCRIPTIONS}/sub"),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            call.body["metadata"]["finalizers"],
+            json!(["someone.else/keep"])
+        );
+        assert_eq!(call.body["metadata"]["resourceVersion"], "7");
+        server.answer(call.send, 200, &stored(call.body, "8"));
+    };
+    let action = scenario_within(
+        Duration::from_secs(2),
+        script,
+        reconciler.reconcile(subscription(deleted)),
+    )
+    .await
+    .expect("the finalizer is removed");
+    assert_eq!(action, Action::await_change());
+    server.expect_no_request().await;
+}
+
+// ---------------------------------------------------------------------------
+// Eventing: SequenceReconciler and ParallelReconciler
+// ---------------------------------------------------------------------------
+
+const FLOWS: &str = "/apis/flows.knative.dev/v1/namespaces/default";
+
+/// A reference to InMemoryChannel `name` in `default` (a reply or a
+/// subscriber in a flow's Subscription).
+fn imc_destination(name: &str) -> Value {
+    json!({ "ref": {
+        "apiVersion": "messaging.knative.dev/v1",
+        "kind": "InMemoryChannel",
+        "name": name,
+        "namespace": "default",
+    } })
+}
+
+/// A Subscription's `spec.channel` to InMemoryChannel `name`.
+fn imc_channel_ref(name: &str) -> Value {
+    json!({ "apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel", "name": name })
+}
+
+/// Answers the GET of a flow's child `name` with a 404, then checks the
+/// POST that creates it: its name, namespace and owner. Returns the call
+/// for the caller to check the spec and answer.
+async fn expect_child_created(
+    server: &mut ApiServer,
+    plural: &str,
+    name: &str,
+    owner: &Value,
+) -> Call {
+    let call = expect(server, Method::GET, &format!("{}/{name}", plural), &[]).await;
+    let resource = plural.rsplit('/').next().unwrap_or_default();
+    server.answer(
+        call.send,
+        404,
+        &not_found(&format!("{resource}.messaging.knative.dev"), name),
+    );
+    let call = expect(server, Method::POST, plural, &[]).await;
+    assert_eq!(call.body["metadata"]["name"], name);
+    assert_eq!(call.body["metadata"]["namespace"], "default");
+    assert_eq!(call.body["metadata"]["ownerReferences"], *owner);
+    call
+}
+
+fn messaging_list(kind: &str, items: Value) -> Value {
+    json!({
+        "apiVersion": "messaging.knative.dev/v1",
+        "kind": format!("{kind}List"),
+        "metadata": { "resourceVersion": "50" },
+        "items": items,
+    })
+}
+
+fn sequence_json() -> Value {
+    json!({
+        "apiVersion": "flows.knative.dev/v1",
+        "kind": "Sequence",
+        "metadata": {
+            "name": "seq",
+            "namespace": "default",
+            "uid": "uid-seq",
+            "generation": 1,
+            "resourceVersion": "1",
+        },
+        "spec": {
+            "steps": [ { "uri": "http://step-0/" }, { "uri": "http://step-1/" } ],
+        },
+    })
+}
+
+#[tokio::test]
+async fn a_new_sequence_creates_its_channels_and_subscriptions_deletes_extras_and_writes_its_status()
+ {
+    let (client, mut server) = mock();
+    let reconciler = SequenceReconciler::new(
+        Arc::new(KubeObjects::<Sequence>::new(client.clone())),
+        Arc::new(KubeObjects::<InMemoryChannel>::new(client.clone())),
+        Arc::new(KubeObjects::<Subscription>::new(client.clone())),
+    );
+    let owner = controller_ref("flows.knative.dev/v1", "Sequence", "seq", "uid-seq");
+    let subscriptions = SUBSCRIPTIONS;
+    let script = async {
+        // A channel in front of every step.
+        for i in 0..2 {
+            let name = format!("seq-kn-sequence-{i}");
+            let call = expect_child_created(&mut server, IMCS, &name, &owner).await;
+            assert_eq!(call.body["kind"], "InMemoryChannel");
+            server.answer(call.send, 201, &created(call.body, &format!("uid-ch-{i}")));
+        }
+        // A Subscription from each channel to its step, replying to the
+        // next channel (the last step has no reply).
+        let call =
+            expect_child_created(&mut server, subscriptions, "seq-kn-sequence-0", &owner).await;
+        assert_eq!(
+            call.body["spec"],
+            json!({
+                "channel": imc_channel_ref("seq-kn-sequence-0"),
+                "subscriber": { "uri": "http://step-0/" },
+                "reply": imc_destination("seq-kn-sequence-1"),
+            })
+        );
+        server.answer(call.send, 201, &created(call.body, "uid-sub-0"));
+        let call =
+            expect_child_created(&mut server, subscriptions, "seq-kn-sequence-1", &owner).await;
+        assert_eq!(
+            call.body["spec"],
+            json!({
+                "channel": imc_channel_ref("seq-kn-sequence-1"),
+                "subscriber": { "uri": "http://step-1/" },
+            })
+        );
+        server.answer(call.send, 201, &created(call.body, "uid-sub-1"));
+
+        // Children it owns but no longer wants (a third step removed) go;
+        // someone else's stay.
+        let call = expect(&mut server, Method::GET, subscriptions, &[]).await;
+        let mut extra = subscription_json("9", json!([]));
+        extra["metadata"]["name"] = json!("seq-kn-sequence-2");
+        extra["metadata"]["ownerReferences"] = owner.clone();
+        let foreign = subscription_json("9", json!([]));
+        server.answer(
+            call.send,
+            200,
+            &messaging_list("Subscription", json!([extra.clone(), foreign])),
+        );
+        let call = expect(
+            &mut server,
+            Method::DELETE,
+            &format!("{subscriptions}/seq-kn-sequence-2"),
+            &[],
+        )
+        .await;
+        assert_eq!(call.body["propagationPolicy"], "Background");
+        server.answer(call.send, 200, &extra);
+        let call = expect(&mut server, Method::GET, IMCS, &[]).await;
+        server.answer(
+            call.send,
+            200,
+            &messaging_list("InMemoryChannel", json!([])),
+        );
+
+        let call = expect(
+            &mut server,
+            Method::PUT,
+            &format!("{FLOWS}/sequences/seq/status"),
+            &[],
+        )
+        .await;
+        assert_eq!(call.body["metadata"]["resourceVersion"], "1");
+        let status = &call.body["status"];
+        assert_eq!(status["observedGeneration"], 1);
+        let names = |key: &str, field: &str| -> Vec<Value> {
+            status[key]
+                .as_array()
+                .unwrap_or_else(|| panic!("no {key} in {status}"))
+                .iter()
+                .map(|s| s[field]["name"].clone())
+                .collect()
+        };
+        assert_eq!(
+            names("channelStatuses", "channel"),
+            [json!("seq-kn-sequence-0"), json!("seq-kn-sequence-1")]
+        );
+        assert_eq!(
+            names("subscriptionStatuses", "subscription"),
+            [json!("seq-kn-sequence-0"), json!("seq-kn-sequence-1")]
+        );
+        assert_eq!(
+            status["channelStatuses"][0]["channel"]["kind"],
+            "InMemoryChannel"
+        );
+        for type_ in [
+            "ChannelsReady",
+            "SubscriptionsReady",
+            "Addressable",
+            "Ready",
+        ] {
+            assert_eq!(condition(status, type_)["status"], "Unknown", "{type_}");
+        }
+        assert_eq!(condition(status, "Addressable")["reason"], "emptyAddress");
+        assert_eq!(condition(status, "EventPoliciesReady")["status"], "True");
+        assert!(status.get("address").is_none_or(Value::is_null));
+        server.answer(call.send, 200, &stored(call.body, "2"));
+    };
+    let sequence: Sequence = serde_json::from_value(sequence_json()).expect("a Sequence");
+    let action = scenario_within(
+        Duration::from_secs(2),
+        script,
+        reconciler.reconcile(Arc::new(sequence)),
+    )
+    .await
+    .expect("reconciled");
+    assert_eq!(action, Action::await_change());
+    server.expect_no_request().await;
+}
+
+fn parallel_json() -> Value {
+    json!({
+        "apiVersion": "flows.knative.dev/v1",
+        "kind": "Parallel",
+        "metadata": {
+            "name": "par",
+            "namespace": "default",
+            "uid": "uid-par",
+            "generation": 1,
+            "resourceVersion": "1",
+        },
+        "spec": {
+            "branches": [ { "filter": { "uri": "http://filter/" }, "subscriber": { "uri": "http://branch/" } } ],
+            "reply": { "uri": "http://reply/" },
+        },
+    })
+}
+
+#[tokio::test]
+async fn a_parallel_keeps_its_ingress_channel_creates_its_branch_and_takes_the_ingress_address() {
+    let (client, mut server) = mock();
+    let reconciler = ParallelReconciler::new(
+        Arc::new(KubeObjects::<Parallel>::new(client.clone())),
+        Arc::new(KubeObjects::<InMemoryChannel>::new(client.clone())),
+        Arc::new(KubeObjects::<Subscription>::new(client.clone())),
+    );
+    let owner = controller_ref("flows.knative.dev/v1", "Parallel", "par", "uid-par");
+    let ingress_url = format!("{CHANNEL_INGRESS}/default/par-kn-parallel");
+    let script = async {
+        // The ingress channel exists, owned and addressable: kept as is.
+        let call = expect(
+            &mut server,
+            Method::GET,
+            &format!("{IMCS}/par-kn-parallel"),
+            &[],
+        )
+        .await;
+        let mut ingress = imc_json("4", json!([IN_MEMORY_CHANNEL_FINALIZER]));
+        ingress["metadata"]["name"] = json!("par-kn-parallel");
+        ingress["metadata"]["ownerReferences"] = owner.clone();
+        ingress["spec"] = json!({});
+        ingress["status"] = json!({
+            "address": { "name": "http", "url": ingress_url },
+            "addresses": [ { "name": "http", "url": ingress_url } ],
+            "conditions": [ { "type": "Ready", "status": "True" } ],
+        });
+        server.answer(call.send, 200, &ingress);
+
+        let call = expect_child_created(&mut server, IMCS, "par-kn-parallel-0", &owner).await;
+        server.answer(call.send, 201, &created(call.body, "uid-ch-0"));
+
+        // The filter Subscription: ingress → filter, replying to the branch
+        // channel; the subscriber one: branch channel → subscriber,
+        // replying to the Parallel's reply.
+        let call = expect_child_created(
+            &mut server,
+            SUBSCRIPTIONS,
+            "par-kn-parallel-filter-0",
+            &owner,
+        )
+        .await;
+        assert_eq!(
+            call.body["spec"],
+            json!({
+                "channel": imc_channel_ref("par-kn-parallel"),
+                "subscriber": { "uri": "http://filter/" },
+                "reply": imc_destination("par-kn-parallel-0"),
+            })
+        );
+        server.answer(call.send, 201, &created(call.body, "uid-filter-0"));
+        let call =
+            expect_child_created(&mut server, SUBSCRIPTIONS, "par-kn-parallel-0", &owner).await;
+        assert_eq!(
+            call.body["spec"],
+            json!({
+                "channel": imc_channel_ref("par-kn-parallel-0"),
+                "subscriber": { "uri": "http://branch/" },
+                "reply": { "uri": "http://reply/" },
+            })
+        );
+        server.answer(call.send, 201, &created(call.body, "uid-branch-0"));
+
+        let call = expect(&mut server, Method::GET, SUBSCRIPTIONS, &[]).await;
+        server.answer(call.send, 200, &messaging_list("Subscription", json!([])));
+        let call = expect(&mut server, Method::GET, IMCS, &[]).await;
+        server.answer(
+            call.send,
+            200,
+            &messaging_list("InMemoryChannel", json!([ingress])),
+        );
+
+        let call = expect(
+            &mut server,
+            Method::PUT,
+            &format!("{FLOWS}/parallels/par/status"),
+            &[],
+        )
+        .await;
+        assert_eq!(call.body["metadata"]["resourceVersion"], "1");
+        let status = &call.body["status"];
+        assert_eq!(status["observedGeneration"], 1);
+        assert_eq!(
+            status["ingressChannelStatus"]["channel"]["name"],
+            "par-kn-parallel"
+        );
+        assert_eq!(status["ingressChannelStatus"]["ready"]["status"], "True");
+        let branch = &status["branchStatuses"][0];
+        assert_eq!(
+            branch["filterChannelStatus"]["channel"]["name"],
+            "par-kn-parallel-0"
+        );
+        assert_eq!(branch["filterChannelStatus"]["ready"]["status"], "False");
+        assert_eq!(
+            branch["filterSubscriptionStatus"]["subscription"]["name"],
+            "par-kn-parallel-filter-0"
+        );
+        assert_eq!(
+            branch["subscriberSubscriptionStatus"]["subscription"]["name"],
+            "par-kn-parallel-0"
+        );
+        assert_eq!(status["branchStatuses"].as_array().map(Vec::len), Some(1));
+        assert_eq!(condition(status, "Addressable")["status"], "True");
+        assert_eq!(status["address"]["url"], ingress_url.as_str());
+        assert_eq!(
+            status["addresses"],
+            json!([{ "name": "http", "url": ingress_url }])
+        );
+        for type_ in ["ChannelsReady", "SubscriptionsReady", "Ready"] {
+            assert_eq!(condition(status, type_)["status"], "False", "{type_}");
+        }
+        assert_eq!(
+            condition(status, "ChannelsReady")["reason"],
+            "ChannelsNotReady"
+        );
+        server.answer(call.send, 200, &stored(call.body, "2"));
+    };
+    let parallel: Parallel = serde_json::from_value(parallel_json()).expect("a Parallel");
+    let action = scenario_within(
+        Duration::from_secs(2),
+        script,
+        reconciler.reconcile(Arc::new(parallel)),
+    )
+    .await
+    .expect("reconciled");
+    assert_eq!(action, Action::await_change());
+    server.expect_no_request().await;
+}
+
+// ---------------------------------------------------------------------------
+// Eventing: PingSourceReconciler
+// ---------------------------------------------------------------------------
+
+const PING_SOURCES: &str = "/apis/sources.knative.dev/v1/namespaces/default/pingsources";
+
+fn ping_source_json(resource_version: &str, finalizers: Value) -> Value {
+    json!({
+        "apiVersion": "sources.knative.dev/v1",
+        "kind": "PingSource",
+        "metadata": {
+            "name": "ping",
+            "namespace": "default",
+            "uid": "uid-ping",
+            "generation": 1,
+            "resourceVersion": resource_version,
+            "finalizers": finalizers,
+        },
+        "spec": {
+            "schedule": "0 0 1 1 *",
+            "data": "{\"hello\":\"world\"}",
+            "contentType": "application/json",
+            "sink": { "uri": SINK },
+        },
+    })
+}
+
+fn ping_source(value: Value) -> Arc<PingSource> {
+    Arc::new(serde_json::from_value(value).expect("a PingSource"))
+}
+
+fn ping_source_reconciler(client: &kube::Client) -> (PingSourceReconciler, PingScheduler) {
+    let brokers: Arc<dyn Objects<Broker>> = Arc::new(KubeObjects::<Broker>::new(client.clone()));
+    let scheduler = PingScheduler::new();
+    let reconciler = PingSourceReconciler::new(
+        Arc::new(KubeObjects::<PingSource>::new(client.clone())),
+        Arc::new(BrokerAddresses::new(brokers, None)),
+        scheduler.clone(),
+    );
+    (reconciler, scheduler)
+}
+
+#[tokio::test]
+async fn a_new_ping_source_gets_its_finalizer_then_a_ready_status_with_its_sink_uri() {
+    let (client, mut server) = mock();
+    let (reconciler, scheduler) = ping_source_reconciler(&client);
+    let script = async {
+        let call = expect(
+            &mut server,
+            Method::PUT,
+            &format!("{PING_SOURCES}/ping"),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            call.body["metadata"]["finalizers"],
+            json!([PING_SOURCE_FINALIZER])
+        );
+        assert_eq!(call.body["metadata"]["resourceVersion"], "1");
+        assert!(call.body.get("status").is_none_or(Value::is_null));
+        server.answer(call.send, 200, &stored(call.body, "2"));
+    };
+    let action = scenario_within(
+        Duration::from_secs(2),
+        script,
+        reconciler.reconcile(ping_source(ping_source_json("1", json!([])))),
+    )
+    .await
+    .expect("the finalizer is added");
+    assert_eq!(action, Action::await_change());
+    assert!(!scheduler.is_scheduled("default", "ping"));
+    server.expect_no_request().await;
+
+    let script = async {
+        let call = expect(
+            &mut server,
+            Method::PUT,
+            &format!("{PING_SOURCES}/ping/status"),
+            &[],
+        )
+        .await;
+        assert_eq!(call.body["metadata"]["resourceVersion"], "2");
+        let status = &call.body["status"];
+        assert_eq!(status["observedGeneration"], 1);
+        assert_eq!(status["sinkUri"], SINK);
+        assert_eq!(
+            status["ceAttributes"],
+            json!([{
+                "type": "dev.knative.sources.ping",
+                "source": "/apis/v1/namespaces/default/pingsources/ping",
+            }])
+        );
+        for type_ in ["Ready", "SinkProvided", "Deployed"] {
+            assert_eq!(
+                condition(status, type_)["status"],
+                "True",
+                "{type_}: {status}"
+            );
+        }
+        server.answer(call.send, 200, &stored(call.body, "3"));
+    };
+    let action = scenario_within(
+        Duration::from_secs(2),
+        script,
+        reconciler.reconcile(ping_source(ping_source_json(
+            "2",
+            json!([PING_SOURCE_FINALIZER]),
+        ))),
+    )
+    .await
+    .expect("the status is written");
+    assert_eq!(action, Action::await_change());
+    assert!(scheduler.is_scheduled("default", "ping"));
+    server.expect_no_request().await;
+}
+
+#[tokio::test]
+async fn deleting_a_ping_source_stops_its_schedule_and_removes_exactly_its_finalizer() {
+    let (client, mut server) = mock();
+    let (reconciler, scheduler) = ping_source_reconciler(&client);
+    let running = ping_source(ping_source_json("2", json!([PING_SOURCE_FINALIZER])));
+    scheduler
+        .schedule(&running, SINK)
+        .expect("a valid schedule");
+    let mut deleted = ping_source_json("7", json!(["someone.else/keep", PING_SOURCE_FINALIZER]));
+    deleted["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    let script = async {
+        let call = expect(
+            &mut server,
+            Method::PUT,
+            &format!("{PING_SOURCES}/ping"),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            call.body["metadata"]["finalizers"],
+            json!(["someone.else/keep"])
+        );
+        assert_eq!(call.body["metadata"]["resourceVersion"], "7");
+        server.answer(call.send, 200, &stored(call.body, "8"));
+    };
+    let action = scenario_within(
+        Duration::from_secs(2),
+        script,
+        reconciler.reconcile(ping_source(deleted)),
+    )
+    .await
+    .expect("the finalizer is removed");
+    assert_eq!(action, Action::await_change());
+    assert!(!scheduler.is_scheduled("default", "ping"));
     server.expect_no_request().await;
 }
 
