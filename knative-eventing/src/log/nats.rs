@@ -451,6 +451,14 @@ impl NatsLog {
         );
     }
 
+    /// The stream's state, read from the server, with `log`'s follow
+    /// brought in line with it (a stream created again is followed anew).
+    async fn refresh(&self, log: &str, names: &Names) -> Result<stream::Info, LogError> {
+        let info = self.stream_info(log, names).await?;
+        self.follow(log, names, &info);
+        Ok(info)
+    }
+
     /// The end of `log` and whether its stream allows direct gets, when
     /// its end is followed.
     fn followed(&self, log: &str) -> Option<(Offset, bool)> {
@@ -589,9 +597,7 @@ impl NatsLog {
     async fn append_inner(&self, log: &str, entries: Vec<Entry>) -> Result<Offset, LogError> {
         let names = self.names(log);
         if entries.is_empty() {
-            let info = self.stream_info(log, &names).await?;
-            self.follow(log, &names, &info);
-            return Ok(info.state.last_sequence);
+            return Ok(self.refresh(log, &names).await?.state.last_sequence);
         }
         // Encode them all first: an event that cannot be encoded stores
         // none of the batch.
@@ -651,16 +657,8 @@ impl NatsLog {
         let (end, direct) = match self.followed(log) {
             Some(known) => known,
             None => {
-                let info = self.stream_info(log, &names).await?;
-                self.follow(log, &names, &info);
-                let oldest = oldest_offset(&info);
-                if from < oldest {
-                    return Err(LogError::Discarded {
-                        log: log.to_owned(),
-                        requested: from,
-                        oldest,
-                    });
-                }
+                let info = self.refresh(log, &names).await?;
+                not_discarded(log, from, &info)?;
                 (info.state.last_sequence, info.config.allow_direct)
             }
         };
@@ -717,8 +715,7 @@ impl NatsLog {
         // stream may be gone (deleted elsewhere), which the stream's state
         // tells as `NotFound`.
         if gets.iter().any(Result::is_err) {
-            let info = self.stream_info(log, &names).await?;
-            self.follow(log, &names, &info);
+            self.refresh(log, &names).await?;
         }
         let mut records = Vec::with_capacity(gets.len());
         for (sequence, got) in (from + 1..).zip(gets) {
@@ -726,16 +723,7 @@ impl NatsLog {
                 if records.is_empty() {
                     // Discarded since the stream's state was read? (Or the
                     // stream was created again: follow the new one.)
-                    let info = self.stream_info(log, &names).await?;
-                    self.follow(log, &names, &info);
-                    let oldest = oldest_offset(&info);
-                    if from < oldest {
-                        return Err(LogError::Discarded {
-                            log: log.to_owned(),
-                            requested: from,
-                            oldest,
-                        });
-                    }
+                    not_discarded(log, from, &self.refresh(log, &names).await?)?;
                 }
                 // A hole (a message deleted by hand): skipped.
                 continue;
@@ -1136,6 +1124,20 @@ fn log_names(config: &NatsLogConfig, log: &str) -> Names {
         stream: format!("{}{token}", config.stream_prefix),
         subject: format!("{}.{token}", config.subject_prefix),
     }
+}
+
+/// `Discarded` when reading `log` from `from` asks for events the stream
+/// (`info`) no longer keeps.
+fn not_discarded(log: &str, from: Offset, info: &stream::Info) -> Result<(), LogError> {
+    let oldest = oldest_offset(info);
+    if from < oldest {
+        return Err(LogError::Discarded {
+            log: log.to_owned(),
+            requested: from,
+            oldest,
+        });
+    }
+    Ok(())
 }
 
 /// The offset of the oldest event a stream keeps (its end when it keeps

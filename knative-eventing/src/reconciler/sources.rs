@@ -69,10 +69,15 @@ fn sink_env_for(
     overrides: Option<&crate::api::sources::CeOverrides>,
 ) -> Vec<(String, String)> {
     let mut env = ping::sink_env(sink, overrides);
-    if let Some(ca) = destination.ca_certs.as_ref().filter(|c| !c.is_empty()) {
-        env.push((ENV_CA_CERTS.to_owned(), ca.clone()));
+    if let Some(ca) = sink_ca_certs(destination) {
+        env.push((ENV_CA_CERTS.to_owned(), ca));
     }
     env
+}
+
+/// The CA certificates a sink `Destination` names, if any.
+fn sink_ca_certs(destination: &crate::api::Destination) -> Option<String> {
+    destination.ca_certs.clone().filter(|c| !c.is_empty())
 }
 /// The variables a binding owns in its subject's containers.
 const BINDING_ENV: [&str; 3] = [ENV_SINK, ENV_CE_OVERRIDES, ENV_CA_CERTS];
@@ -346,13 +351,7 @@ impl PingSourceReconciler {
                         );
                     }
                 }
-                status.sink_ca_certs = source
-                    .spec
-                    .source
-                    .sink
-                    .ca_certs
-                    .clone()
-                    .filter(|c| !c.is_empty());
+                status.sink_ca_certs = sink_ca_certs(&source.spec.source.sink);
                 status.sink_uri = Some(sink);
             }
         }
@@ -517,13 +516,7 @@ impl SinkBindingReconciler {
                         requeue = Some(RECHECK);
                     }
                 }
-                status.sink_ca_certs = binding
-                    .spec
-                    .source
-                    .sink
-                    .ca_certs
-                    .clone()
-                    .filter(|c| !c.is_empty());
+                status.sink_ca_certs = sink_ca_certs(&binding.spec.source.sink);
                 status.sink_uri = Some(sink);
             }
         }
@@ -712,13 +705,7 @@ impl ContainerSourceReconciler {
                         requeue = Some(RECHECK);
                     }
                 }
-                status.sink_ca_certs = source
-                    .spec
-                    .source
-                    .sink
-                    .ca_certs
-                    .clone()
-                    .filter(|c| !c.is_empty());
+                status.sink_ca_certs = sink_ca_certs(&source.spec.source.sink);
                 status.sink_uri = Some(sink);
             }
         }

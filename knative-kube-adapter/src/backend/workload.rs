@@ -1324,6 +1324,19 @@ fn runtime(key: &WorkloadKey, message: String, error: kube::Error) -> BackendErr
     }
 }
 
+/// Deletes `name` through `api` (in the background); one that is gone
+/// already is not an error.
+async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<(), kube::Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 fn is_not_found(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.is_not_found())
 }
@@ -1335,22 +1348,27 @@ impl WorkloadBackend for KubeWorkloadBackend {
         async {
             let replicas = self.known_replicas(key).await?;
             let deployment = desired_deployment(spec, replicas, &self.inner.config)?;
-            let service = desired_service(spec, &self.inner.config);
             let name = deployment_name(&key.revision);
             self.deployments(&key.namespace)
                 .patch(&name, &self.apply_params(), &Patch::Apply(&deployment))
                 .await
                 .map_err(|e| runtime(key, format!("cannot apply Deployment {name}"), e))?;
-            self.services(&key.namespace)
-                .patch(&key.revision, &self.apply_params(), &Patch::Apply(&service))
-                .await
-                .map_err(|e| runtime(key, format!("cannot apply Service {}", key.revision), e))?;
-            let private = desired_private_service(spec, &self.inner.config);
-            let private_name = private_service_name(&key.revision);
-            self.services(&key.namespace)
-                .patch(&private_name, &self.apply_params(), &Patch::Apply(&private))
-                .await
-                .map_err(|e| runtime(key, format!("cannot apply Service {private_name}"), e))?;
+            let services = [
+                (
+                    key.revision.clone(),
+                    desired_service(spec, &self.inner.config),
+                ),
+                (
+                    private_service_name(&key.revision),
+                    desired_private_service(spec, &self.inner.config),
+                ),
+            ];
+            for (name, service) in &services {
+                self.services(&key.namespace)
+                    .patch(name, &self.apply_params(), &Patch::Apply(service))
+                    .await
+                    .map_err(|e| runtime(key, format!("cannot apply Service {name}"), e))?;
+            }
             {
                 let mut workloads = lock(&self.inner.workloads);
                 let tracked = workloads.entry(key.clone()).or_insert_with(|| Tracked {
@@ -1400,30 +1418,13 @@ impl WorkloadBackend for KubeWorkloadBackend {
     async fn remove(&self, key: &WorkloadKey) -> Result<(), BackendError> {
         async {
             let name = deployment_name(&key.revision);
-            let params = DeleteParams::background();
-            match self
-                .deployments(&key.namespace)
-                .delete(&name, &params)
+            delete_if_present(&self.deployments(&key.namespace), &name)
                 .await
-            {
-                Ok(_) => {}
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => {
-                    return Err(runtime(key, format!("cannot delete Deployment {name}"), e));
-                }
-            }
+                .map_err(|e| runtime(key, format!("cannot delete Deployment {name}"), e))?;
             for service in [key.revision.clone(), private_service_name(&key.revision)] {
-                match self
-                    .services(&key.namespace)
-                    .delete(&service, &params)
+                delete_if_present(&self.services(&key.namespace), &service)
                     .await
-                {
-                    Ok(_) => {}
-                    Err(e) if is_not_found(&e) => {}
-                    Err(e) => {
-                        return Err(runtime(key, format!("cannot delete Service {service}"), e));
-                    }
-                }
+                    .map_err(|e| runtime(key, format!("cannot delete Service {service}"), e))?;
             }
             lock(&self.inner.workloads).remove(key);
             tracing::debug!("workload removed");
