@@ -141,65 +141,9 @@ fn threads_cpu_ns(threads: &Threads) -> u64 {
         .sum()
 }
 
-/// A `nats-server -js` on a free loopback port with its store in a
-/// temporary directory, killed on drop (`LOG=nats`).
-struct NatsServer {
-    child: std::process::Child,
-    url: String,
-    _store: tempfile::TempDir,
-}
-
-impl NatsServer {
-    fn start() -> NatsServer {
-        use std::io::BufRead as _;
-        let store = tempfile::tempdir().expect("temp dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let mut child = std::process::Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(store.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("nats-server on PATH (Debian: apt-get install nats-server)");
-        // Ready once it says so (JetStream included); keep draining its log.
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        if let Some(stderr) = child.stderr.take() {
-            std::thread::spawn(move || {
-                for line in std::io::BufReader::new(stderr)
-                    .lines()
-                    .map_while(Result::ok)
-                {
-                    if line.contains("Server is ready") {
-                        let _ = ready_tx.send(());
-                    }
-                }
-            });
-        }
-        ready_rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("nats-server ready within 20 s");
-        NatsServer {
-            child,
-            url: format!("nats://127.0.0.1:{port}"),
-            _store: store,
-        }
-    }
-
-    /// Its CPU time so far, in ns.
-    fn cpu_ns(&self) -> u64 {
-        cpu_ns_of(&format!("/proc/{}/stat", self.child.id()))
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[path = "../tests/support/nats_server.rs"]
+mod nats_server;
+use nats_server::NatsServer;
 
 struct Row {
     ingress_events: u64,
@@ -232,8 +176,8 @@ async fn run(
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("bench.redb");
     // `LOG=nats`: a server of its own for each row.
-    let nats = (std::env::var("LOG").as_deref() == Ok("nats")).then(NatsServer::start);
-    let nats_url = nats.as_ref().map(|n| n.url.clone());
+    let nats = (std::env::var("LOG").as_deref() == Ok("nats")).then(NatsServer::start_temp);
+    let nats_url = nats.as_ref().map(NatsServer::url);
     // The broker (ingress, dispatchers, their HTTP client) runs on its own
     // runtime: everything it spawns stays there.
     let (brokers, ingress, stop_tx) = broker_rt
@@ -385,7 +329,10 @@ async fn run(
     tokio::time::sleep_until((start + warmup).into()).await;
     let delivered_before = seen.count.load(Ordering::Relaxed);
     let load_before = threads_cpu_ns(&load_threads);
-    let nats_cpu = || nats.as_ref().map_or(0, NatsServer::cpu_ns);
+    let nats_cpu = || {
+        nats.as_ref()
+            .map_or(0, |n| cpu_ns_of(&format!("/proc/{}/stat", n.pid())))
+    };
     let cpu_before = (process_cpu_ns() + nats_cpu()).saturating_sub(load_before);
     seen.latencies.lock().expect("lock").clear();
     tokio::time::sleep_until((start + warmup + measure).into()).await;

@@ -300,54 +300,14 @@ async fn a_broker_killed_mid_stream_delivers_every_acknowledged_event_after_a_re
     kill_mid_stream(None).await;
 }
 
-/// `nats-server -js` on a free port with a temporary store; killed when
-/// dropped.
-struct NatsServer {
-    child: Child,
-    url: String,
-    _store: tempfile::TempDir,
-}
-
-impl NatsServer {
-    fn start() -> NatsServer {
-        let store = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start nats-server ({e}); Debian: apt-get install nats-server")
-            });
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "nats-server never listened"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        NatsServer {
-            child,
-            url: format!("nats://127.0.0.1:{port}"),
-            _store: store,
-        }
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[path = "support/nats_server.rs"]
+mod nats_server;
+use nats_server::NatsServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_on_nats_killed_mid_stream_delivers_every_acknowledged_event_after_a_restart() {
-    let nats = NatsServer::start();
-    kill_mid_stream(Some(&nats.url)).await;
+    let nats = NatsServer::start_temp();
+    kill_mid_stream(Some(&nats.url())).await;
 }
 
 /// Streams 100 000 events into a broker process (on a `DiskLog`, or on
