@@ -3,21 +3,21 @@
 //! 127.0.0.1 and real HTTP subscribers (`specs/EVENTING.md §4`, `§6`).
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cloudevents::{AttributesReader, AttributesWriter, Event};
-use http_body_util::Full;
-use hyper::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::{HeaderMap, Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use knative_core::condition::{Condition, ConditionStatus, READY, find};
 use knative_core::store::InMemoryStore;
 use knative_eventing::api::{
-    Channel, ContainerSource, InMemoryChannel, KReference, Parallel, PingSource, Sequence,
-    SinkBinding, Subscription,
+    Addressable, Channel, ContainerSource, InMemoryChannel, KReference, Parallel, PingSource,
+    Sequence, SinkBinding, Subscription,
 };
 use knative_eventing::binding;
 use knative_eventing::broker::DispatchConfig;
@@ -40,6 +40,8 @@ use common::{Behaviour, Subscriber, event};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 const NS: &str = "ns";
+const EVENT_POLICIES_MESSAGE: &str =
+    "Feature \"authentication-oidc\" must be enabled to support Authorization";
 
 /// Every eventing controller on one store, and the channel ingress.
 struct Platform {
@@ -1100,5 +1102,229 @@ spec:
         p.runner.removed(),
         [(NS.to_owned(), "heartbeats".to_owned())]
     );
+    p.stop().await;
+}
+
+// Flow and channel status details (`specs/EVENTING.md §4`, `§6`): a
+// Sequence's `status.addresses`, the `EventPoliciesReady` and
+// `OIDCIdentityCreated` conditions upstream sets while OIDC is off, and a
+// PingSource's `data` reaching the sink byte for byte.
+
+/// An HTTP server that answers 202 and keeps every request's headers and
+/// body as received.
+struct RawSink {
+    url: String,
+    requests: Arc<Mutex<Vec<(HeaderMap, Bytes)>>>,
+}
+
+impl RawSink {
+    async fn start() -> RawSink {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let url = format!("http://{}/", listener.local_addr().expect("address"));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&requests);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let kept = Arc::clone(&kept);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: Request<hyper::body::Incoming>| {
+                            let kept = Arc::clone(&kept);
+                            async move {
+                                let (parts, body) = request.into_parts();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                kept.lock().expect("lock").push((parts.headers, body));
+                                let mut response = Response::new(Full::new(Bytes::new()));
+                                *response.status_mut() = StatusCode::ACCEPTED;
+                                Ok::<_, std::convert::Infallible>(response)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        RawSink { url, requests }
+    }
+
+    fn requests(&self) -> Vec<(HeaderMap, Bytes)> {
+        self.requests.lock().expect("lock").clone()
+    }
+}
+
+/// Asserts `type_` is `True` with `reason` and `message`.
+fn assert_true_with(conditions: &[Condition], type_: &str, reason: &str, message: &str) {
+    let c = find(conditions, type_).unwrap_or_else(|| panic!("no {type_} in {conditions:?}"));
+    assert!(c.is_true(), "{c:?}");
+    assert_eq!((c.reason.as_str(), c.message.as_str()), (reason, message));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequence_offers_its_first_channels_addresses_and_flows_report_event_policies() {
+    let p = Platform::start().await;
+    let sink = RawSink::start().await;
+    let sequences = &p.objects.sequences;
+    sequences
+        .create(&parse(&format!(
+            "metadata: {{name: seq, namespace: {NS}}}\nspec:\n  steps:\n    - uri: '{}'\n",
+            sink.url
+        )))
+        .await
+        .expect("sequence");
+    let seq: Sequence = wait_for("sequence ready", || async {
+        let s = sequences.get(Some(NS), "seq").await.ok()?;
+        is_ready(&s.status.as_ref()?.status.conditions).then_some(s)
+    })
+    .await;
+    let status = seq.status.as_ref().expect("status");
+    let url = format!("{}/{NS}/seq-kn-sequence-0", p.ingress);
+    assert_eq!(
+        status.addresses,
+        [Addressable {
+            name: Some("http".into()),
+            url: Some(url.clone()),
+            ..Addressable::default()
+        }]
+    );
+    let json = serde_json::to_value(status).expect("serialises");
+    assert_eq!(json["addresses"][0]["url"], url.as_str());
+    assert_true_with(
+        &status.status.conditions,
+        "EventPoliciesReady",
+        "OIDCDisabled",
+        EVENT_POLICIES_MESSAGE,
+    );
+
+    // A reference naming one of the addresses resolves to it.
+    for yaml in [
+        "ref: {apiVersion: flows.knative.dev/v1, kind: Sequence, name: seq, address: http}\n",
+        "ref: {apiVersion: flows.knative.dev/v1, kind: Sequence, name: seq}\n",
+    ] {
+        assert_eq!(
+            resolve_destination(&*p.resolver, &parse(yaml), NS).await,
+            Ok(url.clone()),
+            "{yaml}"
+        );
+    }
+    let unknown = resolve_destination(
+        &*p.resolver,
+        &parse(
+            "ref: {apiVersion: flows.knative.dev/v1, kind: Sequence, name: seq, address: https}\n",
+        ),
+        NS,
+    )
+    .await
+    .expect_err("no https address");
+    assert!(unknown.contains("https"), "{unknown}");
+
+    // The children: the channel's event policies, the Subscription's OIDC
+    // identity.
+    let imc = p
+        .objects
+        .in_memory_channels
+        .get(Some(NS), "seq-kn-sequence-0")
+        .await
+        .expect("channel");
+    assert_true_with(
+        &imc.status.as_ref().expect("status").status.conditions,
+        "EventPoliciesReady",
+        "OIDCDisabled",
+        EVENT_POLICIES_MESSAGE,
+    );
+    let sub = p
+        .objects
+        .subscriptions
+        .get(Some(NS), "seq-kn-sequence-0")
+        .await
+        .expect("subscription");
+    let sub_conditions = &sub.status.as_ref().expect("status").status.conditions;
+    assert!(is_ready(sub_conditions));
+    assert_true_with(
+        sub_conditions,
+        "OIDCIdentityCreated",
+        "authentication-oidc feature disabled",
+        "",
+    );
+
+    // A Channel and a Parallel.
+    p.objects
+        .channels
+        .create(&parse(&format!(
+            "metadata: {{name: events, namespace: {NS}}}\nspec:\n  channelTemplate: {{apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel}}\n"
+        )))
+        .await
+        .expect("channel");
+    let channel: Channel = wait_for("channel ready", || async {
+        let c = p.objects.channels.get(Some(NS), "events").await.ok()?;
+        is_ready(&c.status.as_ref()?.channelable.status.conditions).then_some(c)
+    })
+    .await;
+    assert_true_with(
+        &channel
+            .status
+            .as_ref()
+            .expect("status")
+            .channelable
+            .status
+            .conditions,
+        "EventPoliciesReady",
+        "OIDCDisabled",
+        EVENT_POLICIES_MESSAGE,
+    );
+    p.objects
+        .parallels
+        .create(&parse(&format!(
+            "metadata: {{name: fan, namespace: {NS}}}\nspec:\n  branches:\n    - subscriber: {{uri: '{}'}}\n",
+            sink.url
+        )))
+        .await
+        .expect("parallel");
+    let parallel: Parallel = wait_for("parallel ready", || async {
+        let par = p.objects.parallels.get(Some(NS), "fan").await.ok()?;
+        is_ready(&par.status.as_ref()?.status.conditions).then_some(par)
+    })
+    .await;
+    assert_true_with(
+        &parallel.status.as_ref().expect("status").status.conditions,
+        "EventPoliciesReady",
+        "OIDCDisabled",
+        EVENT_POLICIES_MESSAGE,
+    );
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_source_sends_its_json_data_byte_for_byte() {
+    const DATA: &str = r#"{"b":1,  "a":2}"#;
+    let p = Platform::start().await;
+    let sink = RawSink::start().await;
+    let sources = &p.objects.ping_sources;
+    let mut source: PingSource = parse(&format!(
+        "metadata: {{name: unsorted, namespace: {NS}}}\nspec:\n  schedule: '* * * * * *'\n  contentType: application/json\n  sink: {{uri: '{}'}}\n",
+        sink.url
+    ));
+    source.spec.data = DATA.to_owned();
+    sources.create(&source).await.expect("ping source");
+    let (headers, body) = wait_for("a ping", || async { sink.requests().into_iter().next() }).await;
+    assert_eq!(std::str::from_utf8(&body), Ok(DATA));
+    assert_eq!(
+        headers
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+        Some("application/json")
+    );
+    assert_eq!(
+        headers.get("ce-type").and_then(|v| v.to_str().ok()),
+        Some("dev.knative.sources.ping")
+    );
+    sources.delete(Some(NS), "unsorted").await.expect("deleted");
     p.stop().await;
 }
